@@ -1,0 +1,208 @@
+"""Per-token loss math, written once.
+
+Everything here acts on small per-token tensors (lp, entropy, advantages, ...), never on logits.
+The eager reference and every fused backend call these same functions: a backend only has to
+produce the student's target log-prob ``lp`` and entropy ``ent`` per token (and the teacher's
+``lp_teacher``); the per-token gradient coefficients dL/dlp and dL/dent are taken by autograd
+through these functions on [n]-sized tensors.
+
+Conventions: ``loss = sum_t agg_t * l_t`` where ``agg_t`` (see :func:`aggregation_weights`)
+carries the mask and the aggregation's normaliser, so per-token contributions can be summed chunk
+by chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_TYPES = ("k1", "k2", "k3")
+LOG_RATIO_CLAMP = 20.0  # |lp - lp_old| beyond this is clamped before exp, as in veRL
+
+
+@dataclass(frozen=True)
+class RLSDConfig:
+    """Scalar options of :func:`rlsd_kernels.rlsd_loss` (see SPEC: RLSD credit and surrogate)."""
+
+    lam: float = 1.0
+    eps_w: float = 0.2
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: Optional[float] = None
+    kl_coef: float = 0.0
+    kl_type: str = "k3"
+    entropy_coef: float = 0.0
+    negative_only: bool = False
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.lam != 0.0
+
+    @property
+    def needs_entropy(self) -> bool:
+        return self.entropy_coef != 0.0
+
+
+def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None) -> torch.Tensor:
+    """Per-token weights agg [B, T] such that the aggregated loss is ``sum(agg * l)``.
+
+    - ``token-mean``:              agg = mask / D, D = number of valid tokens
+    - ``seq-mean-token-mean``:     agg = mask / (n_b * D), n_b = valid tokens of sequence b,
+                                   D = number of sequences with at least one valid token
+    - ``seq-mean-token-sum-norm``: agg = mask / D, D = B * T (Dr.GRPO: sequences x max length)
+
+    ``normalizer`` replaces D, so that micro-batches normalised by the global D sum to the loss of
+    one big batch. D is clamped to >= 1: an all-masked batch gives a zero loss, not NaN.
+    """
+    m = mask.to(torch.float32)
+    if loss_agg == "token-mean":
+        agg, denom = m, m.sum()
+    elif loss_agg == "seq-mean-token-mean":
+        per_seq = m.sum(-1, keepdim=True)
+        agg = m / per_seq.clamp(min=1.0)
+        denom = (per_seq > 0).sum()
+    elif loss_agg == "seq-mean-token-sum-norm":
+        agg, denom = m, torch.tensor(float(m.numel()))
+    else:
+        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+    if normalizer is not None:
+        denom = torch.as_tensor(normalizer, dtype=torch.float32)
+    return agg / denom.to(agg.device, torch.float32).clamp(min=1.0)
+
+
+def rlsd_credit(delta, adv, lam: float, eps_w: float, negative_only: bool = False, credit_mask=None):
+    """RLSD token advantage (all inputs detached).
+
+        w    = exp(sign(A) * delta)             delta = lp_teacher - lp_student
+        c    = clamp(w, 1 - eps_w, 1 + eps_w)
+        Ahat = A * ((1 - lam) + lam * c)
+
+    ``negative_only``: only responses with A < 0 are reweighted; ``credit_mask``: only tokens where
+    it is nonzero are reweighted. Returns (Ahat, w).
+    """
+    w = torch.exp(torch.sign(adv) * delta)
+    c = w.clamp(1.0 - eps_w, 1.0 + eps_w)
+    reweight = torch.ones_like(adv, dtype=torch.bool)
+    if negative_only:
+        reweight = reweight & (adv < 0)
+    if credit_mask is not None:
+        reweight = reweight & (credit_mask != 0)
+    c = torch.where(reweight, c, torch.ones_like(c))
+    return adv * ((1.0 - lam) + lam * c), w
+
+
+def clipped_surrogate(lp, lp_old, adv, eps_low: float, eps_high: float, dual_clip=None):
+    """PPO clipped surrogate per token, with optional dual clip (c > 1) for negative advantages.
+
+        rho = exp(lp - lp_old)
+        l   = max(-A rho, -A clamp(rho, 1 - eps_low, 1 + eps_high))
+        l   = min(l, -c A)   where A < 0        (dual clip)
+    """
+    log_ratio = (lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    rho = torch.exp(log_ratio)
+    unclipped = -adv * rho
+    clipped = -adv * rho.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        loss = torch.where(adv < 0, torch.minimum(loss, -dual_clip * adv), loss)
+    return loss
+
+
+def kl_penalty(lp, lp_ref, kl_type: str):
+    """KL(pi || pi_ref) estimators on sampled tokens, x = lp_ref - lp:
+    k1 = -x, k2 = x^2 / 2, k3 = exp(x) - x - 1 (veRL's ``low_var_kl``, clamped to [-10, 10])."""
+    x = (lp_ref - lp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    if kl_type == "k1":
+        return -x
+    if kl_type == "k2":
+        return 0.5 * x * x
+    if kl_type == "k3":
+        return (torch.exp(x) - x - 1.0).clamp(-10.0, 10.0)
+    raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
+
+
+def rlsd_token_loss(cfg: RLSDConfig, lp, ent, tok: dict):
+    """Aggregated per-token loss ``agg_t * w_t * (surrogate_t + kl_coef KL_t - entropy_coef H_t)``.
+
+    ``lp`` (and ``ent`` if the entropy term is on) carry the gradient; ``tok`` holds detached
+    per-token inputs: ``agg``, ``adv`` and optionally ``lp_teacher``, ``lp_old``, ``lp_ref``,
+    ``token_weights``, ``credit_mask``.
+    """
+    adv = tok["adv"]
+    if cfg.needs_teacher:
+        adv, _ = rlsd_credit(tok["lp_teacher"] - lp.detach(), adv, cfg.lam, cfg.eps_w,
+                             cfg.negative_only, tok.get("credit_mask"))
+    lp_old = tok.get("lp_old")
+    loss = clipped_surrogate(lp, lp.detach() if lp_old is None else lp_old, adv,
+                             cfg.eps_low, cfg.eps_high, cfg.dual_clip)
+    if cfg.kl_coef != 0.0:
+        loss = loss + cfg.kl_coef * kl_penalty(lp, tok["lp_ref"], cfg.kl_type)
+    if cfg.needs_entropy:
+        loss = loss - cfg.entropy_coef * ent
+    if "token_weights" in tok:
+        loss = loss * tok["token_weights"]
+    return tok["agg"] * loss
+
+
+def masked_mean(x, valid):
+    """Mean of x over the positions where ``valid`` is true (0 if there are none)."""
+    x = torch.where(valid, x, torch.zeros_like(x))
+    return x.sum() / valid.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def rlsd_metrics(cfg: RLSDConfig, lp, ent, tok: dict) -> dict:
+    """Detached scalar diagnostics over valid tokens (``tok['valid']``); no host sync."""
+    valid = tok["valid"]
+    adv = tok["adv"]
+    out = {}
+    if "lp_teacher" in tok:
+        delta = tok["lp_teacher"] - lp
+        out["delta_mean"] = masked_mean(delta, valid)
+        out["delta_abs_mean"] = masked_mean(delta.abs(), valid)
+        out["delta_std"] = (masked_mean(delta * delta, valid) - out["delta_mean"] ** 2).clamp(min=0).sqrt()
+        _, w = rlsd_credit(delta, adv, cfg.lam, cfg.eps_w)
+        credited = valid & (adv != 0)
+        low, high = w < 1.0 - cfg.eps_w, w > 1.0 + cfg.eps_w
+        out["credit_clip_low_frac"] = masked_mean(low.float(), credited)
+        out["credit_clip_high_frac"] = masked_mean(high.float(), credited)
+        out["credit_clip_frac"] = out["credit_clip_low_frac"] + out["credit_clip_high_frac"]
+    lp_old = tok.get("lp_old", lp)
+    rho = torch.exp((lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    out["ppo_clip_low_frac"] = masked_mean(((rho < 1 - cfg.eps_low) & (adv < 0)).float(), valid)
+    out["ppo_clip_high_frac"] = masked_mean(((rho > 1 + cfg.eps_high) & (adv > 0)).float(), valid)
+    out["ppo_clip_frac"] = out["ppo_clip_low_frac"] + out["ppo_clip_high_frac"]
+    out["approx_kl"] = masked_mean(rho - 1.0 - torch.log(rho), valid)  # k3 of KL(pi_old || pi)
+    if ent is not None:
+        out["entropy_mean"] = masked_mean(ent, valid)
+    if "lp_ref" in tok:
+        out["ref_kl"] = masked_mean(kl_penalty(lp, tok["lp_ref"], cfg.kl_type), valid)
+    return out
+
+
+def opsd_sampled_token_loss(lp, tok: dict):
+    """OPSD, sampled-token form: ``l_t = -stopgrad(lp_teacher - lp) * lp`` (aggregated)."""
+    loss = -(tok["lp_teacher"] - lp.detach()) * lp
+    if "token_weights" in tok:
+        loss = loss * tok["token_weights"]
+    return tok["agg"] * loss
+
+
+def generalized_jsd(student_logits, teacher_logits, beta: float):
+    """Generalised JSD_beta(p_T || p_S) per row of float logits (already divided by temperature).
+
+    M = beta p_T + (1 - beta) p_S,  JSD = beta KL(p_T || M) + (1 - beta) KL(p_S || M);
+    beta = 0 is the forward KL(p_T || p_S), beta = 1 the reverse KL(p_S || p_T).
+    The teacher side is detached: the gradient flows through p_S only.
+    """
+    ls = torch.log_softmax(student_logits, dim=-1)
+    lt = torch.log_softmax(teacher_logits.detach(), dim=-1)
+    if beta == 0.0:
+        return (lt.exp() * (lt - ls)).sum(-1)
+    if beta == 1.0:
+        return (ls.exp() * (ls - lt)).sum(-1)
+    lm = torch.logsumexp(torch.stack([ls + torch.log1p(torch.tensor(-beta)), lt + torch.log(torch.tensor(beta))]), 0)
+    return beta * (lt.exp() * (lt - lm)).sum(-1) + (1.0 - beta) * (ls.exp() * (ls - lm)).sum(-1)
