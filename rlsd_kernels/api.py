@@ -61,8 +61,8 @@ class _LinearLogprobs(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_lp, g_ent):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
-        g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.to(lse.dtype)
-        g_ent = None if (ent is None or g_ent is None) else g_ent.to(lse.dtype)
+        g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.to(lse.dtype).contiguous()
+        g_ent = None if (ent is None or g_ent is None) else g_ent.to(lse.dtype).contiguous()
         dh, dW, db = ctx.backend.backward(hidden, weight, bias, targets, ctx.inv_tau, lse, ent, g_lp, g_ent,
                                           ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         cast = lambda g, like: None if (g is None or like is None) else g.to(like.dtype)  # noqa: E731
