@@ -73,19 +73,23 @@ class ChunkedHead(HeadBackend):
 
     @staticmethod
     def _new_grads(h, W, b, cd, need_weight_grad):
+        """dh, dW, db buffers; dW and db are written (not added to) by the first chunk, and rows of
+        h that no chunk visits (N = 0) leave them zero."""
         dh = torch.empty(h.shape, dtype=cd, device=h.device)
-        dW = torch.zeros(W.shape, dtype=cd, device=h.device) if need_weight_grad else None
-        db = torch.zeros(W.shape[0], dtype=cd, device=h.device) if (b is not None and need_weight_grad) else None
+        new = torch.zeros if h.shape[0] == 0 else torch.empty
+        dW = new(W.shape, dtype=cd, device=h.device) if need_weight_grad else None
+        db = new(W.shape[0], dtype=cd, device=h.device) if (b is not None and need_weight_grad) else None
         return dh, dW, db
 
     @staticmethod
     def _accumulate(dz, hc, W, sl, grads):
         dh, dW, db = grads
         torch.mm(dz, W, out=dh[sl])
+        first = sl.start == 0
         if dW is not None:
-            dW.addmm_(dz.t(), hc)
+            torch.mm(dz.t(), hc, out=dW) if first else dW.addmm_(dz.t(), hc)
         if db is not None:
-            db += dz.sum(0)
+            torch.sum(dz, 0, out=db) if first else db.add_(dz.sum(0))
 
     # -- the backend interface ------------------------------------------------------------------
     def stats(self, h, W, b, y, inv_tau, want_entropy, h_teacher=None):
