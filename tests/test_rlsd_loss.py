@@ -208,3 +208,29 @@ def test_no_tokens_by_vocab_tensor_is_allocated(impl):
                             impl=impl, **case.extra)
         loss.backward()
     assert 0 < Largest.numel < n_by_v / 4
+
+
+def test_module_form_matches_function_and_follows_lam():
+    from rlsd_kernels import FusedLinearRLSDLoss
+
+    case = make_case(dtype=torch.float64)
+    module = FusedLinearRLSDLoss(temperature=0.7, lam=1.0, impl="chunked")
+    loss, _ = module(case.hidden, case.weight, case.targets, case.advantages, case.mask, bias=case.bias, **case.extra)
+    torch.testing.assert_close(loss, run(case, impl="chunked", temperature=0.7)[0])
+    module.lam = 0.0
+    loss, _ = module(case.hidden, case.weight, case.targets, case.advantages, case.mask, bias=case.bias, **case.extra)
+    torch.testing.assert_close(loss, run(case, impl="chunked", temperature=0.7, lam=0.0)[0])
+
+
+def test_metrics_read_what_the_paper_reads():
+    """Clip fractions are fractions, the credit clip counts only tokens with A != 0, and a teacher
+    equal to the student gives delta = 0 and no credit clipping."""
+    case = make_case(dtype=torch.float64, teacher="hidden")
+    case.extra["teacher_hidden"] = case.hidden.detach().clone()
+    _, metrics, _ = run(case, impl="chunked")
+    assert abs(metrics["delta_abs_mean"].item()) < 1e-12 and metrics["credit_clip_frac"].item() == 0.0
+    for key in ("credit_clip_frac", "ppo_clip_frac"):
+        assert 0.0 <= metrics[key].item() <= 1.0
+    case.extra["teacher_hidden"] = case.hidden.detach() * 3.0
+    _, metrics, _ = run(case, impl="chunked")
+    assert metrics["credit_clip_frac"].item() > 0.2 and metrics["delta_abs_mean"].item() > 0.1
