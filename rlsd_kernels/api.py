@@ -166,27 +166,37 @@ def _token_fn(loss_of, tok, with_entropy: bool):
     return fn
 
 
-def _fused_loss(backend, hidden, weight, bias, targets, temperature, teacher_hidden, rows, tok,
-                loss_of, want_entropy, with_entropy_grad):
-    """Runs ``backend.loss_and_grad`` inside the autograd wrapper; returns (loss, lp, ent, lp_teacher)."""
+def _with_precomputed_grad(hidden, weight, bias, rows, sweep):
+    """Runs ``sweep(need_grad, need_weight_grad) -> (loss, (dh_rows, dW, db) or None)`` inside the
+    autograd wrapper; the rows' dh goes back to hidden's shape, every gradient to its input's dtype."""
     needs = [t is not None and t.requires_grad for t in (hidden, weight, bias)]
     need_grad = torch.is_grad_enabled() and any(needs)
-    out = {}
 
     def run():
-        loss_t, lp, ent, lp_t, grads = backend.loss_and_grad(
-            rows.take(hidden), weight, bias, rows.take(targets).long(), 1.0 / temperature, want_entropy,
-            None if teacher_hidden is None else rows.take(teacher_hidden),
-            _token_fn(loss_of, tok, with_entropy_grad), need_grad, needs[1] or needs[2])
-        out.update(lp=lp, ent=ent, lp_teacher=lp_t)
-        loss = loss_t.sum()
+        loss, grads = sweep(need_grad, needs[1] or needs[2])
         if not need_grad:
             return loss, None, None, None
         dh, dW, db = grads
         return (loss, rows.scatter(dh, hidden), None if dW is None else dW.to(weight.dtype),
                 None if db is None else db.to(bias.dtype))
 
-    loss = _PrecomputedGradLoss.apply(hidden, weight, bias, run)
+    return _PrecomputedGradLoss.apply(hidden, weight, bias, run)
+
+
+def _fused_loss(backend, hidden, weight, bias, targets, temperature, teacher_hidden, rows, tok,
+                loss_of, want_entropy, with_entropy_grad):
+    """The sampled-token losses: returns (loss, lp, ent, lp_teacher) over the rows."""
+    out = {}
+
+    def sweep(need_grad, need_weight_grad):
+        loss_t, lp, ent, lp_t, grads = backend.loss_and_grad(
+            rows.take(hidden), weight, bias, rows.take(targets).long(), 1.0 / temperature, want_entropy,
+            None if teacher_hidden is None else rows.take(teacher_hidden),
+            _token_fn(loss_of, tok, with_entropy_grad), need_grad, need_weight_grad)
+        out.update(lp=lp, ent=ent, lp_teacher=lp_t)
+        return loss_t.sum(), grads
+
+    loss = _with_precomputed_grad(hidden, weight, bias, rows, sweep)
     return loss, out["lp"], out["ent"], out["lp_teacher"]
 
 
@@ -321,22 +331,14 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
 
 
 def _fused_jsd(backend, hidden, weight, bias, rows, teacher_hidden, inv_tau, beta, weights, valid):
-    needs = [t is not None and t.requires_grad for t in (hidden, weight, bias)]
-    need_grad = torch.is_grad_enabled() and any(needs)
     out = {}
 
-    def run():
-        jsd, grads = backend.jsd_loss_and_grad(rows.take(hidden), rows.take(teacher_hidden), weight, bias,
-                                               inv_tau, beta, weights, need_grad, needs[1] or needs[2])
-        out["jsd"] = jsd
-        loss = (weights * jsd).sum()
-        if not need_grad:
-            return loss, None, None, None
-        dh, dW, db = grads
-        return (loss, rows.scatter(dh, hidden), None if dW is None else dW.to(weight.dtype),
-                None if db is None else db.to(bias.dtype))
+    def sweep(need_grad, need_weight_grad):
+        out["jsd"], grads = backend.jsd_loss_and_grad(rows.take(hidden), rows.take(teacher_hidden), weight, bias,
+                                                      inv_tau, beta, weights, need_grad, need_weight_grad)
+        return (weights * out["jsd"]).sum(), grads
 
-    loss = _PrecomputedGradLoss.apply(hidden, weight, bias, run)
+    loss = _with_precomputed_grad(hidden, weight, bias, rows, sweep)
     return loss, {"jsd_mean": masked_mean(out["jsd"], valid)}
 
 
