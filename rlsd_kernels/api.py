@@ -13,7 +13,7 @@ import torch
 from . import checks, reference
 from .math import (KL_TYPES, LOSS_AGGS, RLSDConfig, aggregation_weights, masked_mean,
                    opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss)
-from .ops import FUSED, get_backend, usable
+from .ops import FUSED, HeadBackend, get_backend, usable
 
 
 def available_impls() -> list:
@@ -25,10 +25,22 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     """``auto``: Triton on CUDA, the C++ epilogues on the CPU, else the PyTorch chunked path."""
     if impl != "auto":
         if impl != "eager" and impl not in FUSED:
-            raise ValueError(f"impl must be 'auto', 'eager' or one of {FUSED}, got {impl!r}")
+            raise ValueError(f"impl must be 'auto', 'eager', one of {FUSED} or a backend object, got {impl!r}")
         return impl
     preferred = ("triton", "chunked") if device.type == "cuda" else ("cpp", "chunked")
     return next(name for name in preferred if usable(name))
+
+
+def _select(impl, device):
+    """'eager' or the backend object for ``impl`` (a name, or a backend such as ``VocabParallel``)."""
+    if isinstance(impl, HeadBackend):
+        return impl
+    name = resolve_impl(impl, device)
+    return name if name == "eager" else get_backend(name)
+
+
+def _vocab_size(backend, weight):
+    return None if backend == "eager" else backend.vocab_size(weight)
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
@@ -79,13 +91,13 @@ def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0
     hidden [..., H], weight [V, H], targets [...] -> (logp [...], entropy [...] or None), float32
     (float64 for float64 inputs).
     """
-    checks.head(hidden, weight, bias, targets, temperature, hidden_ndim=None)
-    impl = resolve_impl(impl, hidden.device)
-    if impl == "eager":
+    backend = _select(impl, hidden.device)
+    checks.head(hidden, weight, bias, targets, temperature, None, _vocab_size(backend, weight))
+    if backend == "eager":
         return reference.linear_logprobs(hidden, weight, targets, bias, temperature, return_entropy)
     H = hidden.shape[-1]
     lp, ent = _LinearLogprobs.apply(hidden.reshape(-1, H), weight, bias, targets.reshape(-1).long(),
-                                    1.0 / temperature, return_entropy, get_backend(impl))
+                                    1.0 / temperature, return_entropy, backend)
     shape = targets.shape
     return lp.view(shape), (ent.view(shape) if return_entropy else None)
 
@@ -94,9 +106,9 @@ def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0
 # Losses
 # --------------------------------------------------------------------------------------------------
 
-def _check_loss_inputs(hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg,
+def _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg,
                        normalizer, **per_token):
-    checks.head(hidden, weight, bias, targets, temperature, hidden_ndim=3)
+    checks.head(hidden, weight, bias, targets, temperature, 3, _vocab_size(backend, weight))
     shape = targets.shape
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -231,7 +243,8 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
                      dual_clip=None if dual_clip is None else float(dual_clip), kl_coef=float(kl_coef),
                      kl_type=kl_type, entropy_coef=float(entropy_coef), negative_only=bool(negative_only))
     _check_rlsd_options(cfg)
-    _check_loss_inputs(hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
+    backend = _select(impl, hidden.device)
+    _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                        token_weights=token_weights, credit_mask=credit_mask)
     checks.floating(advantages, "advantages", (1, 2))
@@ -249,8 +262,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     elif teacher_logprobs is not None:
         teacher_hidden = None
 
-    impl = resolve_impl(impl, hidden.device)
-    if impl == "eager":
+    if backend == "eager":
         return reference.rlsd_loss(hidden, weight, targets.long(), advantages, mask, cfg=cfg,
                                    teacher_hidden=teacher_hidden, teacher_logprobs=teacher_logprobs, bias=bias,
                                    old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
@@ -263,7 +275,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
                         credit_mask=credit_mask)
     want_entropy = cfg.needs_entropy or compute_entropy
     loss, lp, ent, lp_teacher = _fused_loss(
-        get_backend(impl), hidden, weight, bias, targets, temperature, teacher_hidden, rows, tok,
+        backend, hidden, weight, bias, targets, temperature, teacher_hidden, rows, tok,
         lambda lp_, ent_, t: rlsd_token_loss(cfg, lp_, ent_, t), want_entropy, cfg.needs_entropy)
     tok["valid"] = rows.valid()
     if lp_teacher is not None:
@@ -300,17 +312,16 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
         raise ValueError(f"form must be 'sampled' or 'jsd', got {form!r}")
     if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
         raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    _check_loss_inputs(hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
+    backend = _select(impl, hidden.device)
+    _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, token_weights=token_weights)
     if teacher_hidden is None and (form == "jsd" or teacher_logprobs is None):
         raise ValueError(f"form={form!r} needs teacher_hidden" + ("" if form == "jsd" else " or teacher_logprobs"))
-    impl = resolve_impl(impl, hidden.device)
-    if impl == "eager":
+    if backend == "eager":
         return reference.opsd_loss(hidden, weight, targets.long(), mask, teacher_hidden=teacher_hidden,
                                    teacher_logprobs=teacher_logprobs, form=form, beta=beta, bias=bias,
                                    temperature=temperature, token_weights=token_weights, loss_agg=loss_agg,
                                    normalizer=normalizer)
-    backend = get_backend(impl)
     rows = _Rows(mask, hidden.device)
     dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     valid = rows.valid()

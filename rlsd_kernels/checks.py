@@ -49,8 +49,9 @@ def same_device(device, **tensors):
             raise ValueError(f"{name} is on {t.device} but hidden is on {device}: put all inputs on one device")
 
 
-def head(hidden, weight, bias, targets, temperature, hidden_ndim):
-    """Checks of the LM-head inputs shared by every entry point; returns the vocabulary size."""
+def head(hidden, weight, bias, targets, temperature, hidden_ndim, vocab_size=None):
+    """Checks of the LM-head inputs shared by every entry point. ``vocab_size``: the range of the
+    token ids when ``weight`` is one shard of a larger head."""
     floating(hidden, "hidden", hidden_ndim)
     floating(weight, "weight", 2)
     if weight.dtype != hidden.dtype:
@@ -77,9 +78,9 @@ def head(hidden, weight, bias, targets, temperature, hidden_ndim):
     if bias is not None:
         finite(bias, "bias")
     if targets.numel():
+        V = V if vocab_size is None else vocab_size
         _value_check((targets.min() >= 0) & (targets.max() < V),
                      f"targets must be token ids in [0, {V}) (the vocabulary size of weight)")
-    return V
 
 
 def per_token(t, name: str, shape, device):

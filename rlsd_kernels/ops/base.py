@@ -22,6 +22,10 @@ TokenFn = Callable[[slice, torch.Tensor, Optional[torch.Tensor], Optional[torch.
 class HeadBackend:
     name = "base"
 
+    def vocab_size(self, W) -> int:
+        """The vocabulary the targets index (a sharded head's is larger than its local W)."""
+        return W.shape[0]
+
     def stats(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher=None):
         """-> (lp, lse, ent or None, lp_teacher or None), all float32 [N]."""
         raise NotImplementedError

@@ -60,9 +60,12 @@ class ChunkedHead(HeadBackend):
             return self.row_stats, self.dlogits_
         return torch_row_stats, torch_dlogits_  # float64: the exact torch epilogues
 
-    def _setup(self, h, W, b):
+    def _setup(self, h, W, b, vocab_size=None):
+        """Compute dtype, W and b in it, and rows per chunk (``chunk_bytes`` of logits for a
+        vocabulary of ``vocab_size``, by default W's)."""
         cd = compute_dtype(h)
-        rows = max(1, min(h.shape[0], self.chunk_bytes // (W.shape[0] * torch.finfo(cd).bits // 8)))
+        V = W.shape[0] if vocab_size is None else vocab_size
+        rows = max(1, min(h.shape[0], self.chunk_bytes // (V * torch.finfo(cd).bits // 8)))
         return cd, W.to(cd), None if b is None else b.to(cd), rows
 
     @staticmethod
