@@ -9,19 +9,19 @@ peak memory above the inputs at N=8192, H=256, V=32768 in fresh subprocesses.
 from __future__ import annotations
 
 import argparse
-import platform
 
 import torch
 
 from benchmarks.inputs import Shape, make_inputs
 from benchmarks.measure import peak_memory_in_subprocess, time_interleaved
 from benchmarks.providers import gemm_floor_flops, providers
+from benchmarks.suite import device_name
 from rlsd_kernels import available_impls
 from rlsd_kernels.api import resolve_impl
 
 
 def machine():
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{device_name(torch.device('cpu'))}, torch {torch.__version__}"
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Benchmark inputs, made the same way for every provider."""
+"""Benchmark inputs, made the same way for every provider, and the LM-head shapes to sweep."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ from dataclasses import dataclass
 import torch
 
 SEQ_LEN = 1024  # tokens per response; N tokens are N / SEQ_LEN sequences
+
+# LM heads of real models: (hidden H, vocabulary V). "demo" is the shape of the `make demo` table.
+PRESETS = {
+    "demo": (512, 32768),
+    "qwen2.5-0.5b": (896, 151936),
+    "llama-3-8b": (4096, 128256),
+}
+
+GiB = 1 << 30
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -20,18 +30,37 @@ class Shape:
     def torch_dtype(self):
         return getattr(torch, self.dtype)
 
+    @property
+    def itemsize(self):
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    @property
+    def batch(self):
+        """(B, T): N tokens as B sequences of T tokens."""
+        B = max(1, self.N // SEQ_LEN)
+        return B, self.N // B
+
     def label(self):
         return f"N={self.N} H={self.H} V={self.V} {self.dtype}"
 
     def logits_bytes(self):
+        """One [N, V] float32 buffer (the logits are float32 whatever the input dtype)."""
         return self.N * self.V * 4
+
+    def input_bytes(self):
+        """What :func:`make_inputs` holds: hidden, teacher hidden, weight, and the per-token tensors."""
+        B, T = self.batch
+        return (2 * self.N * self.H + self.V * self.H) * self.itemsize + self.N * (8 + 4 + 4) + B * 4
+
+    def grad_bytes(self):
+        """dL/dhidden and dL/dweight."""
+        return (self.N * self.H + self.V * self.H) * self.itemsize
 
 
 def make_inputs(shape: Shape, device="cpu", seed=0):
     """Student/teacher hidden states, LM head, sampled tokens, advantages, rollout log-probs."""
     g = torch.Generator().manual_seed(seed)
-    B = max(1, shape.N // SEQ_LEN)
-    T = shape.N // B
+    B, T = shape.batch
     dt = shape.torch_dtype
 
     def randn(*size, scale=1.0):
