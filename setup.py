@@ -1,4 +1,4 @@
-"""rlsd-kernels: the kernel library (rlsd_kernels) and the thin trainer (python/rlsd).
+"""rlsd-kernels: the kernel library (rlsd_kernels) and the thin trainer (python/rlsd, command `rlsd`).
 
 The C++ epilogues in csrc/ are compiled on first use with torch's extension tooling (ninja),
 cached; see rlsd_kernels/ops/cpp.py. Install with ``pip install --no-build-isolation -e .``
@@ -18,4 +18,5 @@ setup(
     data_files=[("share/rlsd-kernels/csrc", ["csrc/epilogue.cpp"])],
     install_requires=["torch==2.13.0", "numpy"],
     extras_require={"triton": ["triton==3.7.1"], "test": ["pytest", "hypothesis", "ninja", "pybind11"]},
+    entry_points={"console_scripts": ["rlsd = rlsd.cli:main"]},
 )

@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from helpers import examples, make_config, tiny_setup
+from trainer_helpers import examples, make_config, tiny_setup
 from rlsd.loop import Trainer
 
 RESUME_SECTIONS = dict(
@@ -49,3 +49,14 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     with open(os.path.join(resumed.cfg.train.output_dir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
+
+
+def test_curriculum_run_logs_level(tmp_path):
+    model, tok = tiny_setup()
+    cfg = make_config(tmp_path, data={"curriculum": True, "curriculum_window": 8, "curriculum_threshold": 0.0})
+    exs = examples(answer="7")
+    for i, e in enumerate(exs):
+        e.difficulty = i % 2
+    trainer = Trainer(cfg, model, tok, exs)
+    first, second = trainer.train_step(), trainer.train_step()
+    assert first["level"] == 0 and second["level"] == 1

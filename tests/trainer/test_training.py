@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import examples, grads, make_config, max_change, params_copy, tiny_setup
+from trainer_helpers import examples, grads, make_config, max_change, params_copy, tiny_setup
 from rlsd.loop import Sample, Trainer
 from rlsd.teacher import privileged_prompt
 
@@ -118,6 +118,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, loss_agg):
 
 def test_rollout_logprobs_match_trainer(tmp_path):
     model, tok = tiny_setup()
+    model.generation_config.top_k = 3  # a model's own sampling defaults must not leak into rollouts
     trainer = Trainer(make_config(tmp_path, rollout={"temperature": 0.7}), model, tok, examples())
     samples = fixed_batch(trainer)
     from rlsd.batch import pad_values, response_hidden

@@ -3,7 +3,7 @@
 import torch
 
 from rlsd.config import config_from_dict
-from rlsd.demo.task import ALPHABET, PRIVILEGED_TEMPLATE, make_split, with_privileged
+from rlsd.demo.task import ALPHABET, TEMPLATES, make_split
 from rlsd.demo.tiny import char_tokenizer, tiny_qwen3
 
 # Random-model outputs are arbitrary characters: reward "the last digit is 7" gives mixed groups.
@@ -17,7 +17,7 @@ def tiny_setup(seed=0):
 
 
 def examples(n=16, seed=0, answer=None):
-    exs = with_privileged(make_split(n, seed), "trace")
+    exs = make_split(n, seed)
     if answer is not None:
         for e in exs:
             e.answer = answer
@@ -29,7 +29,7 @@ def make_config(tmp_path, **sections):
         "data": {"prompt_template": "{prompt}"},
         "verifier": LAST_DIGIT,
         "rollout": {"engine": "hf", "n": 4, "max_new_tokens": 10, "temperature": 1.0},
-        "teacher": {"sync": "live", "source": "document", "template": PRIVILEGED_TEMPLATE},
+        "teacher": {"sync": "live", "source": "solution", "template": TEMPLATES["solution"]},
         "algo": {"name": "rlsd", "dynamic_sampling": False},
         "train": {"steps": 2, "prompts_per_step": 4, "micro_batch_size": 8, "lr": 1e-3, "seed": 0,
                   "output_dir": str(tmp_path / "run"), "progress": False, "impl": "auto"},

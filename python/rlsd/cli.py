@@ -1,0 +1,111 @@
+"""``rlsd train CONFIG.yaml | eval CONFIG.yaml | demo | filter-traces IN OUT | plot METRICS OUT``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _options(items) -> dict:
+    from .config import parse_value
+    return {key: parse_value(value) for key, _, value in (item.partition("=") for item in items or [])}
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .loop import Trainer
+    cfg = load_config(args.config, args.set)
+    trainer = Trainer(cfg)
+    if args.resume is not None:
+        step = trainer.resume(args.resume)
+        print(f"resumed at step {step}", file=sys.stderr)
+    trainer.train()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .config import load_config
+    from .loop import Trainer
+    overrides = list(args.set or [])
+    if args.checkpoint:
+        overrides.append(f"model.path={os.path.join(args.checkpoint, 'model')}")
+    cfg = load_config(args.config, overrides + ["model.lora=null"])
+    cfg.rollout.engine = args.engine or cfg.rollout.engine
+    trainer = Trainer(cfg, train_examples=[])
+    print(json.dumps(trainer.evaluate()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo.experiment import run_demo
+    run_demo(out_dir=args.out, cache_dir=args.cache, quick=args.quick, seeds=args.seeds, steps=args.steps,
+             workers=args.workers, engine=args.engine)
+    return 0
+
+
+def cmd_filter_traces(args) -> int:
+    from .traces import filter_traces_file
+    total, kept, reasons = filter_traces_file(args.src, args.dst, args.verifier, _options(args.option), args.field)
+    print(json.dumps({"rows": total, "kept": kept, "rejected": dict(reasons)}))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .metrics import plot_metrics
+    print(plot_metrics(args.metrics, args.png))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlsd", description="GRPO / OPSD / RLSD training on verifiable tasks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. train.lr=1e-5")
+    t.add_argument("--resume", nargs="?", const="", default=None,
+                   help="continue from a checkpoint (default: the latest in the output dir)")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="held-out accuracy of a model or checkpoint")
+    e.add_argument("config")
+    e.add_argument("--checkpoint", default="", help="a checkpoint directory (step_N)")
+    e.add_argument("--engine", choices=["hf", "vllm"], default=None)
+    e.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("demo", help="the embedded demo: GRPO vs OPSD vs RLSD on synthetic arithmetic")
+    d.add_argument("--quick", action="store_true", help="fewer seeds and steps")
+    d.add_argument("--out", default="rlsd-demo")
+    d.add_argument("--cache", default=os.environ.get("RLSD_CACHE", os.path.expanduser("~/.cache/rlsd")))
+    d.add_argument("--seeds", type=int, default=None)
+    d.add_argument("--steps", type=int, default=None)
+    d.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
+    d.add_argument("--engine", choices=["hf", "vllm"], default="",
+                   help="rollout engine (default: vllm if installed, else hf)")
+    d.set_defaults(fn=cmd_demo)
+
+    f = sub.add_parser("filter-traces", help="keep the JSONL rows whose trace the verifier accepts")
+    f.add_argument("src")
+    f.add_argument("dst")
+    f.add_argument("--verifier", default="math")
+    f.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="verifier options")
+    f.add_argument("--field", default="solution")
+    f.set_defaults(fn=cmd_filter_traces)
+
+    g = sub.add_parser("plot", help="PNG of the curves in a metrics.jsonl")
+    g.add_argument("metrics")
+    g.add_argument("png")
+    g.set_defaults(fn=cmd_plot)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

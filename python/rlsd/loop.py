@@ -1,0 +1,272 @@
+"""The training loop, readable in one sitting.
+
+One step:
+
+    prompts   ~ sampler (curriculum level, epoch order)
+    rollouts  n responses per prompt from the engine, with their sampling log-probs (old_logprobs)
+    rewards   verifier(response, example) in [0, 1]  ->  group advantages A
+    keep      dynamic sampling: drop groups whose rewards are all equal
+    for each micro-batch of sequences:
+        teacher   no-grad pass of the same network on privileged prompt + response
+        student   last hidden states at the response positions
+        loss      fused rlsd_kernels loss on (hidden, lm_head.weight), normalised by the step's
+                  GLOBAL denominator, so the summed micro-batch gradients equal one big batch
+        backward
+    clip gradients, optimizer step, push the weights to the rollout engine
+
+Each step's sampling randomness is seeded from (seed, step), so a resumed run draws the same
+rollouts as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rlsd_kernels import fused_linear_logprobs
+
+from .advantages import group_advantages, lam_at
+from .batch import pad_values, response_hidden
+from .checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Config, config_to_dict
+from .data import CurriculumSampler, informative_groups, load_examples
+from .evaluate import evaluate
+from .metrics import MetricsLog, plot_metrics
+from .model import lm_head, load_model, pick_device, prepare_model
+from .objectives import algorithm_loss, needs_teacher
+from .rollout import make_engine
+from .teacher import Teacher, privileged_prompt
+from .verifiers import make_verifier
+
+
+@dataclass
+class Sample:
+    """One response ready for the loss."""
+    context: list            # student prompt ids
+    teacher_context: list    # privileged prompt ids (empty when no teacher is used)
+    response: list           # response ids
+    logprobs: list           # rollout-time log-probs of the response tokens
+    advantage: float
+
+
+def global_normalizer(loss_agg: str, lengths: list) -> float:
+    """The denominator of the whole step's loss (see rlsd_kernels' aggregation)."""
+    if loss_agg == "token-mean":
+        return float(sum(lengths))
+    if loss_agg == "seq-mean-token-mean":
+        return float(sum(1 for n in lengths if n > 0))
+    if loss_agg == "seq-mean-token-sum-norm":
+        return float(len(lengths) * max(lengths))
+    raise ValueError(f"unknown loss_agg {loss_agg!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model=None, tokenizer=None, train_examples=None, eval_examples=None):
+        self.cfg = cfg.validate()
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed)
+        self.device = pick_device(t.device)
+        if model is None:
+            model, tokenizer = load_model(cfg.model, self.device)
+        else:
+            model = prepare_model(model, cfg.model, self.device)
+        self.model, self.tokenizer = model, tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.train_examples = train_examples if train_examples is not None else load_examples(cfg.data.train)
+        if eval_examples is None:
+            eval_examples = load_examples(cfg.data.eval) if cfg.data.eval else []
+        self.eval_examples = eval_examples[:t.eval_size] if t.eval_size else eval_examples
+        self.sampler = CurriculumSampler(self.train_examples, t.seed, cfg.data.curriculum,
+                                         cfg.data.curriculum_threshold, cfg.data.curriculum_window)
+        self.verifier = make_verifier(cfg.verifier.name, **cfg.verifier.options)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.teacher = Teacher(model, cfg.teacher) if needs_teacher(cfg.algo) else None
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.kl_coef else None
+        self.engine = make_engine(cfg.rollout, model, tokenizer)
+        self.step = 0
+        tb = os.path.join(t.output_dir, "tensorboard") if t.tensorboard else ""
+        self.log = MetricsLog(os.path.join(t.output_dir, "metrics.jsonl"), tb)
+
+    # ----------------------------------------------------------------------------------- loop
+    def train(self) -> list:
+        """Run to ``train.steps``; returns the records logged by this call."""
+        from tqdm import tqdm
+        t = self.cfg.train
+        records = []
+        if self.step == 0 and t.eval_every and self.eval_examples:
+            records.append({"step": 0, **self.evaluate()})
+            self.log.log(records[-1])
+        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True)
+        while self.step < t.steps:
+            record = self.train_step()
+            if self.eval_examples and ((t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps):
+                record.update(self.evaluate())
+            self.log.log(record)
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{record['accuracy']:.2f}",
+                            s=f"{record['time_step']:.2f}")
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
+                self.save()
+        bar.close()
+        plot_metrics(self.log.path, os.path.join(t.output_dir, "metrics.png"))
+        return records
+
+    def train_step(self) -> dict:
+        cfg, r = self.cfg, self.cfg.rollout
+        t0 = time.perf_counter()
+        examples = [e for _, e in self.sampler.sample(cfg.train.prompts_per_step)]
+        prompts = [self.encode(cfg.data.prompt_template.format(prompt=e.prompt)) for e in examples]
+        groups = self.engine.generate(prompts, r.n, r.max_new_tokens, r.temperature,
+                                      seed=cfg.train.seed * 1_000_003 + self.step)
+        verdicts = [[self.verifier(x.text, e) for x in g] for g, e in zip(groups, examples)]
+        rewards = torch.tensor([[v.reward for v in vs] for vs in verdicts], dtype=torch.float32)
+        adv = group_advantages(rewards, cfg.algo.advantage)
+        level = self.sampler.level
+        self.sampler.update(rewards.flatten().tolist())
+        keep = torch.ones(len(groups), dtype=torch.bool)
+        if cfg.algo.dynamic_sampling and cfg.algo.name != "opsd":
+            keep = informative_groups(rewards)
+        t1 = time.perf_counter()
+
+        samples = []
+        for g in keep.nonzero().flatten().tolist():
+            teacher_ctx = self.encode(privileged_prompt(examples[g], cfg.teacher)) if self.teacher else []
+            samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a))
+                        for x, a in zip(groups[g], adv[g].tolist())]
+        if self.teacher is not None:
+            self.teacher.maybe_sync(self.step)
+        loss, metrics = self.update(samples) if samples else (0.0, {})
+        self.step += 1
+        self.engine.sync(self.model)
+        t2 = time.perf_counter()
+
+        flat = [x for g in groups for x in g]
+        reasons = Counter(v.reason.split(":")[0] for vs in verdicts for v in vs)
+        curriculum = {"level": level, "level_pass_rate": self.sampler.pass_rate} if cfg.data.curriculum else {}
+        return {"step": self.step, "lam": self.current_lam(self.step - 1), **curriculum,
+                "reward_mean": rewards.mean().item(), "accuracy": (rewards >= 1.0).float().mean().item(),
+                "groups_kept": int(keep.sum()), "response_len": sum(len(x.response_ids) for x in flat) / len(flat),
+                "finished_frac": sum(x.finished for x in flat) / len(flat), "loss": loss, **metrics,
+                "reasons": dict(reasons), "time_rollout": t1 - t0, "time_train": t2 - t1, "time_step": t2 - t0}
+
+    def update(self, samples: list):
+        """One optimizer step over ``samples``; returns (loss, metrics)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.accumulate_gradients(samples)
+        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        return loss, {**metrics, "grad_norm": float(grad_norm)}
+
+    def accumulate_gradients(self, samples: list, micro_batch_size: int = 0):
+        """Backward over ``samples`` in micro-batches, each normalised by the step's global
+        denominator: the accumulated gradient equals that of one big batch. Returns the summed
+        loss and the token-weighted mean of the kernel's metrics."""
+        lam = self.current_lam(self.step)
+        normalizer = global_normalizer(self.cfg.algo.loss_agg, [len(s.response) for s in samples])
+        mbs = micro_batch_size or self.cfg.train.micro_batch_size
+        total, sums, count = 0.0, Counter(), 0
+        for start in range(0, len(samples), mbs):
+            batch = samples[start:start + mbs]
+            loss, metrics, entropy = self.micro_batch_loss(batch, lam, normalizer)
+            loss.backward()
+            if entropy is not None:
+                metrics["entropy_mean"] = entropy
+            total += loss.item()
+            tokens = sum(len(s.response) for s in batch)
+            sums.update({k: float(v) * tokens for k, v in metrics.items()})
+            count += tokens
+        return total, {k: v / max(count, 1) for k, v in sums.items()}
+
+    def micro_batch_loss(self, batch: list, lam: float, normalizer: float):
+        cfg = self.cfg
+        hidden, targets, mask = response_hidden(self.model, [s.context for s in batch],
+                                                [s.response for s in batch], self.pad_id, self.device)
+        weight, bias = lm_head(self.model)
+        T = targets.shape[1]
+        teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else {}
+        ref_lp = self.frozen_logprobs(self.ref, [s.context for s in batch], batch, targets) if self.ref else None
+        loss, metrics = algorithm_loss(
+            cfg.algo, lam, hidden, weight, targets, mask,
+            advantages=torch.tensor([s.advantage for s in batch], device=self.device),
+            teacher=teacher, old_logprobs=pad_values([s.logprobs for s in batch], T, self.device),
+            ref_logprobs=ref_lp, bias=bias, temperature=cfg.rollout.temperature, normalizer=normalizer,
+            impl=cfg.train.impl)
+        entropy = None if "entropy_mean" in metrics else self.entropy_mean(hidden, weight, bias, targets, mask)
+        return loss, metrics, entropy
+
+    @torch.no_grad()
+    def entropy_mean(self, hidden, weight, bias, targets, mask) -> float:
+        """Mean full-vocabulary entropy of the student over the response tokens (a metric only)."""
+        _, ent = fused_linear_logprobs(hidden.detach(), weight.detach(), targets, bias=bias, return_entropy=True,
+                                       temperature=self.cfg.rollout.temperature, impl=self.cfg.train.impl)
+        return ((ent * mask).sum() / mask.sum().clamp(min=1)).item()
+
+    def teacher_inputs(self, batch: list, targets) -> dict:
+        """Live teacher: its hidden states (the kernel computes lp_T under the same head in the same
+        pass). Frozen teacher: its log-probs under its own head."""
+        contexts = [s.teacher_context for s in batch]
+        if self.teacher.live:
+            h_t, _ = self.teacher.hidden(contexts, [s.response for s in batch], self.pad_id, self.device)
+            return {"teacher_hidden": h_t}
+        return {"teacher_logprobs": self.frozen_logprobs(self.teacher.frozen, contexts, batch, targets)}
+
+    @torch.no_grad()
+    def frozen_logprobs(self, net, contexts: list, batch: list, targets):
+        hidden, _, _ = response_hidden(net, contexts, [s.response for s in batch], self.pad_id, self.device)
+        weight, bias = lm_head(net)
+        lp, _ = fused_linear_logprobs(hidden, weight, targets, bias=bias,
+                                      temperature=self.cfg.rollout.temperature, impl=self.cfg.train.impl)
+        return lp
+
+    # -------------------------------------------------------------------------------- helpers
+    def current_lam(self, step: int) -> float:
+        a = self.cfg.algo
+        return lam_at(step, a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps)
+
+    def encode(self, text: str) -> list:
+        return self.tokenizer(text)["input_ids"]
+
+    def evaluate(self, examples=None) -> dict:
+        return evaluate(self.engine, self.tokenizer, examples or self.eval_examples, self.cfg.data.prompt_template,
+                        self.verifier, self.cfg.rollout.max_new_tokens, temperature=0.0, seed=self.cfg.train.seed)
+
+    def save(self) -> str:
+        extra = {"teacher": self.teacher.state_dict() if self.teacher else None,
+                 "ref": self.ref.state_dict() if self.ref is not None else None,
+                 "config": config_to_dict(self.cfg)}
+        return save_checkpoint(checkpoint_dir(self.cfg.train.output_dir, self.step), model=self.model,
+                               tokenizer=self.tokenizer, optimizer=self.optimizer, sampler=self.sampler,
+                               step=self.step, extra=extra)
+
+    def resume(self, path: str = "") -> int:
+        """Load ``path`` (default: the latest checkpoint of the output dir); returns the step reached."""
+        path = path or latest_checkpoint(self.cfg.train.output_dir)
+        if path is None:
+            return self.step
+        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, sampler=self.sampler)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        if self.ref is not None:
+            self.ref.load_state_dict(state["ref"])
+        self.step = state["step"]
+        self.log.truncate_after(self.step)
+        self.engine.sync(self.model)
+        return self.step

@@ -1,0 +1,61 @@
+"""Rollouts with Hugging Face ``generate`` on the training model itself (weights always in sync)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import Rollout
+
+
+class HFEngine:
+    def __init__(self, model, tokenizer, chunk_size: int = 256):
+        self.model, self.tokenizer, self.chunk_size = model, tokenizer, chunk_size
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def sync(self, model) -> None:
+        """Nothing to push: generation runs on the trainer's own module."""
+
+    @torch.no_grad()
+    def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0,
+                 seed=None) -> list:
+        if seed is not None:
+            torch.manual_seed(seed)
+        flat = [p for p in prompts for _ in range(n)]
+        out = []
+        for start in range(0, len(flat), self.chunk_size):
+            out += self._generate(flat[start:start + self.chunk_size], max_new_tokens, temperature)
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate(self, prompts: list, max_new_tokens: int, temperature: float) -> list:
+        device = next(self.model.parameters()).device
+        P = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding
+            ids[i, P - len(p):] = torch.tensor(p)
+            attn[i, P - len(p):] = 1
+        sample = temperature > 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            res = self.model.generate(
+                input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
+                do_sample=sample, temperature=temperature if sample else None, top_k=0, top_p=1.0,
+                eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True,
+                output_scores=True, return_dict_in_generate=True)
+        finally:
+            self.model.train(was_training)
+        new = res.sequences[:, P:].cpu()
+        # scores are the processed logits (already divided by the temperature)
+        logps = torch.stack([torch.log_softmax(s.float(), -1) for s in res.scores], 1).cpu()
+        tok_lp = logps.gather(-1, new[:, :logps.shape[1]].unsqueeze(-1)).squeeze(-1)
+        rollouts = []
+        for i, p in enumerate(prompts):
+            row = new[i].tolist()
+            finished = self.eos_id in row
+            m = row.index(self.eos_id) + 1 if finished else len(row)
+            resp = row[:m]
+            rollouts.append(Rollout(list(p), resp, tok_lp[i, :m].tolist(),
+                                    self.tokenizer.decode(resp, skip_special_tokens=True), finished))
+        return rollouts

@@ -1,0 +1,199 @@
+"""TRL adapter: ``RLSDTrainer``, a TRL 1.16 ``GRPOTrainer`` whose loss is :func:`rlsd_kernels.rlsd_loss`::
+
+    delta = lp_T - lp_S;  c = clamp(exp(sign(A) delta), 1 - eps_w, 1 + eps_w);  Ahat = A ((1 - lam) + lam c)
+    l_t   = -min(rho Ahat, clamp(rho, 1 - epsilon_low, 1 + epsilon_high) Ahat) + beta k3(lp_ref, lp_S)
+
+with ``lp_T`` the log-prob of the sampled token under the teacher prompt (question + privileged
+context) and ``rho = exp(lp_S - lp_old)``.
+
+Two hooks of ``GRPOTrainer``:
+
+- ``_generate_and_score_completions``: after TRL's own rollout and scoring, the teacher prompt of
+  every rollout is built from its dataset row, ``teacher_template`` filled with the question and the
+  row's privileged column (default ``"privileged"``; e.g. a reference solution), tokenized like
+  TRL's prompts (chat template for conversational data) and stored as ``teacher_prompt_ids`` /
+  ``teacher_prompt_mask`` next to ``prompt_ids``, so TRL's shuffling and splitting carry it along.
+- ``_compute_loss``: the policy's last hidden states at the completion positions (the inputs of the
+  LM head; the backbone is run through the wrapped model, so DDP hooks still fire), the same for the
+  teacher context under ``torch.no_grad()`` (a live self-teacher: the current weights), then
+  ``rlsd_loss`` on ``lm_head.weight``: the logits are never materialised.
+
+With ``lam = 0`` the loss is TRL's GRPO loss; the loss types map to aggregations as
+
+==========  =========================================  =================================================
+loss_type   TRL                                        here (normalizer D, ga = accumulation steps)
+==========  =========================================  =================================================
+grpo        mean_b (sum_t l m / n_b) / ga              seq-mean-token-mean, D = B ga
+bnpo        sum(l m) / sum(m) / ga                     token-mean, D = sum(m) ga
+dr_grpo     sum(l m) / (B max_completion_length) / ga  seq-mean-token-sum-norm, D = B max_len ga
+dapo        sum(l m) / (num_items / processes          token-mean, D = num_items / processes
+            x ga / steps_per_generation)               x ga / steps_per_generation (in training)
+==========  =========================================  =================================================
+
+The KL term (``beta``) is k3 to ``ref_per_token_logps``, ``delta`` is applied as the dual clip (the
+same loss when ``delta > 1 + epsilon_high``), and vLLM's importance-sampling ratio is a per-token
+weight (``beta = 0`` only: TRL leaves the KL term unweighted). Not provided (raise at construction):
+loss types cispo/sapo/vespo/luspo, sequence-level importance sampling, the off-policy mask, the
+high-entropy token mask, the entropy bonus, the bias-corrected KL (TRL's default
+``use_bias_correction_kl=True`` matters only with ``beta != 0``: set it to False), the MoE auxiliary loss,
+vision-language models and LM heads with logit scaling or soft-capping.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import GRPOTrainer
+from trl.trainer.utils import pad
+
+from ..api import rlsd_loss
+
+LOSS_TYPES = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
+              "dapo": "token-mean"}
+
+# The privileged-context template of the RLSD authors: question, reference, "solve it your own way".
+TEACHER_TEMPLATE = ("{prompt}\n\nHere is a reference solution:\n{reference}\n\n"
+                    "After understanding the reference solution, please try to solve this problem using your own "
+                    "approach below:\n")
+
+_LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                 "logits_scaling")
+
+
+def add_hidden_forward(model):
+    """Lets ``model(..., rlsd_last_hidden=True)`` return the backbone's last hidden states (the LM
+    head's input) instead of running the head; other calls are unchanged."""
+    forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def _forward(self, *args, rlsd_last_hidden=False, **kwargs):
+        if not rlsd_last_hidden:
+            return forward(*args, **kwargs)
+        kwargs["use_cache"] = False
+        return self.base_model(*args, **kwargs).last_hidden_state
+
+    model.forward = types.MethodType(_forward, model)
+
+
+def teacher_prompt(prompt, reference, template: str = TEACHER_TEMPLATE):
+    """The teacher's prompt: ``template`` filled with the question and the privileged ``reference``.
+    For conversational prompts the last message's text is replaced."""
+    if isinstance(prompt, str):
+        return template.format(prompt=prompt, reference=reference)
+    *head, last = prompt
+    if not isinstance(last["content"], str):
+        raise NotImplementedError("teacher prompts are built for text messages only")
+    return [*head, {**last, "content": template.format(prompt=last["content"], reference=reference)}]
+
+
+class RLSDTrainer(GRPOTrainer):
+    """GRPOTrainer with the RLSD loss (see the module docstring).
+
+    Extra arguments: ``privileged_column`` (dataset column with the privileged context),
+    ``teacher_template`` (``{prompt}`` and ``{reference}`` placeholders), ``lam`` (0 = GRPO; a
+    plain attribute, so a callback can schedule it), ``eps_w`` (credit clip), ``negative_only``
+    (reweight only A < 0) and ``impl`` (backend of ``rlsd_loss``). Everything else is GRPOTrainer's.
+    """
+
+    def __init__(self, *args, privileged_column: str = "privileged", teacher_template: str = TEACHER_TEMPLATE,
+                 lam: float = 1.0, eps_w: float = 0.2, negative_only: bool = False, impl="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.privileged_column, self.teacher_template = privileged_column, teacher_template
+        self.lam, self.eps_w, self.negative_only, self.impl = lam, eps_w, negative_only, impl
+        self._check_supported()
+        add_hidden_forward(self.model.get_base_model() if is_peft_model(self.model) else self.model)
+
+    def _check_supported(self):
+        args = self.args
+        text_config = self.model.config.get_text_config()
+        unsupported = {
+            f"loss_type={self.loss_type!r}": self.loss_type not in LOSS_TYPES,
+            "importance_sampling_level='sequence'": self.importance_sampling_level != "token",
+            "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
+            "top_entropy_quantile < 1": self.top_entropy_quantile < 1.0,
+            "the entropy bonus": self._entropy_bonus_enabled,
+            "use_bias_correction_kl with beta != 0": args.use_bias_correction_kl and self.beta != 0.0,
+            "the MoE auxiliary loss": self.aux_loss_enabled,
+            "vision-language models": self._is_vlm,
+            f"delta <= 1 + epsilon_high = {1 + self.epsilon_high}": args.delta is not None
+            and not args.delta > 1 + self.epsilon_high,
+            "vLLM importance sampling with beta != 0": self.use_vllm and self.vllm_importance_sampling_correction
+            and self.beta != 0.0,
+            "logit scaling or soft-capping": any(getattr(text_config, k, None) is not None for k in _LOGIT_SCALES),
+        }
+        names = [name for name, bad in unsupported.items() if bad]
+        if names:
+            raise NotImplementedError(f"RLSDTrainer does not provide: {', '.join(names)}")
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.privileged_column in inputs[0]:
+            prompts = [teacher_prompt(x["prompt"], x[self.privileged_column], self.teacher_template) for x in inputs]
+            ids, _, _ = self._tokenize_prompts(prompts)
+            ids = [torch.tensor(i) for i in ids]
+            device = output["prompt_ids"].device
+            output["teacher_prompt_ids"] = pad(ids, padding_value=self._tokenizer.pad_token_id,
+                                               padding_side="left").to(device)
+            output["teacher_prompt_mask"] = pad([torch.ones_like(i) for i in ids], padding_value=0,
+                                                padding_side="left").to(device)
+        return output
+
+    def _completion_hidden(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        """Last hidden states [B, C, H] at the positions that predict the C completion tokens."""
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        with self.accelerator.autocast():
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask, rlsd_last_hidden=True)
+        return hidden[:, -completion_ids.size(1) - 1:-1]
+
+    def _normalizer(self, mask, inputs, mode):
+        ga = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if self.loss_type == "grpo":
+            return mask.size(0) * ga
+        if self.loss_type == "bnpo":
+            return mask.sum().clamp(min=1.0) * ga
+        if self.loss_type == "dr_grpo":
+            return mask.size(0) * self.max_completion_length * ga
+        n = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        return n * ga / self.args.steps_per_generation if mode == "train" else n
+
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        hidden = self._completion_hidden(model, inputs["prompt_ids"], inputs["prompt_mask"], completion_ids,
+                                         completion_mask)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        teacher_hidden = None
+        if self.lam != 0:
+            if "teacher_prompt_ids" not in inputs:
+                raise ValueError(f"lam != 0 needs the privileged context: the dataset has no "
+                                 f"{self.privileged_column!r} column")
+            with torch.no_grad():
+                teacher_hidden = self._completion_hidden(model, inputs["teacher_prompt_ids"],
+                                                         inputs["teacher_prompt_mask"], completion_ids,
+                                                         completion_mask).to(head.weight.dtype)
+        token_weights = None
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            token_weights = inputs["importance_sampling_ratio"].expand(mask.shape)
+        loss, metrics = rlsd_loss(
+            hidden.to(head.weight.dtype), head.weight, completion_ids, inputs["advantages"], mask,
+            teacher_hidden=teacher_hidden, bias=head.bias, old_logprobs=inputs.get("old_per_token_logps"),
+            ref_logprobs=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, temperature=self.temperature,
+            lam=self.lam, eps_w=self.eps_w, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
+            dual_clip=self.args.delta, kl_coef=self.beta, kl_type="k3", token_weights=token_weights,
+            negative_only=self.negative_only, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
+            normalizer=self._normalizer(mask, inputs, mode), impl=self.impl)
+        self._log_rlsd_metrics(metrics, mode)
+        return loss
+
+    def _log_rlsd_metrics(self, metrics, mode):
+        """TRL's metric names where they exist (kl, entropy, clip_ratio/*), ``rlsd/*`` for the rest."""
+        names = {"ref_kl": "kl", "entropy_mean": "entropy", "ppo_clip_low_frac": "clip_ratio/low_mean",
+                 "ppo_clip_high_frac": "clip_ratio/high_mean", "ppo_clip_frac": "clip_ratio/region_mean"}
+        for key, value in metrics.items():
+            name = names.get(key, f"rlsd/{key}")
+            self._metrics[mode][name].append(self.accelerator.gather(value.reshape(1)).mean().item())

@@ -1,0 +1,46 @@
+import json
+
+import yaml
+
+from trainer_helpers import examples, tiny_setup
+from rlsd.cli import main
+from rlsd.data import write_jsonl
+
+
+def test_train_then_eval_from_yaml(tmp_path, capsys):
+    model, tok = tiny_setup()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    write_jsonl(str(tmp_path / "train.jsonl"), [e.to_row() for e in examples(8, answer="7")])
+    write_jsonl(str(tmp_path / "eval.jsonl"), [e.to_row() for e in examples(4, seed=3)])
+    cfg = {
+        "model": {"path": str(tmp_path / "model")},
+        "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")},
+        "verifier": {"name": "exact", "options": {"pattern": r"(\d)\D*$"}},
+        "rollout": {"n": 4, "max_new_tokens": 8},
+        "teacher": {"source": "answer", "template": "ans {reference}|{prompt}"},
+        "algo": {"name": "rlsd"},
+        "train": {"steps": 2, "prompts_per_step": 2, "lr": 1e-3, "output_dir": str(tmp_path / "run"),
+                  "progress": False, "threads": 1},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 0
+    assert (tmp_path / "run" / "metrics.png").exists()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
+    assert main(["eval", str(tmp_path / "c.yaml"), "--checkpoint", str(ckpt)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"eval_accuracy", "eval_reward"}
+
+
+def test_filter_traces(tmp_path, capsys):
+    rows = [{"prompt": "1+1", "answer": "2", "solution": "1+1=2 so #2"},
+            {"prompt": "2+2", "answer": "4", "solution": "2+2=5 so #5"},
+            {"prompt": "3+3", "answer": "6", "solution": "no idea"},
+            {"prompt": "4+4", "answer": "8"}]
+    write_jsonl(str(tmp_path / "in.jsonl"), rows)
+    assert main(["filter-traces", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+                 "--verifier", "exact", "--option", r"pattern=#(\d+)"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"rows": 4, "kept": 1, "rejected": {"wrong answer": 1, "malformed": 1, "no trace": 1}}
+    kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert kept == rows[:1]

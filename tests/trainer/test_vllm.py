@@ -1,0 +1,61 @@
+"""The vLLM rollout engine for real (skipped when vllm is not installed)."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+from trainer_helpers import tiny_setup  # noqa: E402
+from rlsd.batch import pad_values, response_hidden  # noqa: E402
+from rlsd.model import lm_head  # noqa: E402
+from rlsd.rollout.vllm import VLLMEngine  # noqa: E402
+from rlsd_kernels import fused_linear_logprobs  # noqa: E402
+
+PROMPTS = ["12+34+56=", "71+22+13=", "45+45+10="]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = tiny_setup()
+    return model, tok, VLLMEngine(model, tok, max_new_tokens=12)
+
+
+def trainer_logprobs(model, groups, temperature):
+    flat = [r for g in groups for r in g]
+    with torch.no_grad():
+        h, targets, mask = response_hidden(model, [r.prompt_ids for r in flat], [r.response_ids for r in flat], 0)
+        lp, _ = fused_linear_logprobs(h, lm_head(model)[0], targets, temperature=temperature)
+    return lp * mask, pad_values([r.logprobs for r in flat], targets.shape[1]) * mask
+
+
+def test_generation_and_logprobs_match_trainer(setup):
+    model, tok, engine = setup
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    groups = engine.generate(prompts, 4, 12, temperature=0.7, seed=3)
+    assert [len(g) for g in groups] == [4, 4, 4]
+    for g in groups:
+        for r in g:
+            assert 0 < len(r.response_ids) == len(r.logprobs) <= 12
+            assert r.finished == (r.response_ids[-1] == tok.eos_token_id)
+    again = engine.generate(prompts, 4, 12, temperature=0.7, seed=3)
+    assert [r.response_ids for r in again[0]] == [r.response_ids for r in groups[0]]
+    ours, theirs = trainer_logprobs(model, groups, 0.7)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_weight_sync(setup):
+    model, tok, engine = setup
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    stale = engine.generate(prompts, 2, 12, temperature=1.0, seed=1)
+    ours, theirs = trainer_logprobs(model, stale, 1.0)
+    assert (ours - theirs).abs().max() > 1e-3  # the engine still has the old weights
+    engine.sync(model)
+    fresh = engine.generate(prompts, 2, 12, temperature=1.0, seed=1)
+    ours, theirs = trainer_logprobs(model, fresh, 1.0)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
