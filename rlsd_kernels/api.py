@@ -132,11 +132,13 @@ def _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature
 
 class _Rows:
     """The token rows a fused loss works on: on the CPU only the unmasked ones (masked tokens cost
-    no GEMM work; finding them is free there), on accelerators all of them (no host sync)."""
+    no GEMM work; finding them is free there), on accelerators all of them (no host sync). With
+    nothing masked, no row is copied."""
 
     def __init__(self, mask, device):
         self.flat_valid = mask.reshape(-1) != 0
-        self.index = torch.nonzero(self.flat_valid).squeeze(1) if device.type == "cpu" else None
+        compact = device.type == "cpu" and not bool(self.flat_valid.all())
+        self.index = torch.nonzero(self.flat_valid).squeeze(1) if compact else None
 
     def valid(self):
         """Which rows count (all of them once masked rows were dropped)."""

@@ -54,8 +54,9 @@ def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None) -> t
                                    D = number of sequences with at least one valid token
     - ``seq-mean-token-sum-norm``: agg = mask / D, D = B * T (Dr.GRPO: sequences x max length)
 
-    ``normalizer`` replaces D, so that micro-batches normalised by the global D sum to the loss of
-    one big batch. D is clamped to >= 1: an all-masked batch gives a zero loss, not NaN.
+    ``normalizer`` (> 0, used as given: fractions are allowed) replaces D, so that micro-batches
+    normalised by the global D sum to the loss of one big batch. The automatic D is clamped to >= 1:
+    an all-masked batch gives a zero loss, not NaN.
     """
     m = mask.to(torch.float32)
     if loss_agg == "token-mean":
@@ -69,7 +70,7 @@ def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None) -> t
     else:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     if normalizer is not None:
-        denom = torch.as_tensor(normalizer, dtype=torch.float32)
+        return agg / torch.as_tensor(normalizer, dtype=torch.float32, device=agg.device)
     return agg / denom.to(agg.device, torch.float32).clamp(min=1.0)
 
 

@@ -55,6 +55,7 @@ OPTIONS = {
     "seq_mean_token_mean": dict(loss_agg="seq-mean-token-mean"),
     "seq_mean_token_sum_norm": dict(loss_agg="seq-mean-token-sum-norm"),
     "normalizer": dict(normalizer=250.0),
+    "normalizer_fraction": dict(normalizer=0.5),
 }
 
 
