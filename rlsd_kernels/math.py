@@ -55,23 +55,27 @@ def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None) -> t
     - ``seq-mean-token-sum-norm``: agg = mask / D, D = B * T (Dr.GRPO: sequences x max length)
 
     ``normalizer`` (> 0, used as given: fractions are allowed) replaces D, so that micro-batches
-    normalised by the global D sum to the loss of one big batch. The automatic D is clamped to >= 1:
-    an all-masked batch gives a zero loss, not NaN.
+    normalised by the global D (:func:`aggregation_denominator` of the whole batch) sum to the loss
+    of one big batch. The automatic D is clamped to >= 1: an all-masked batch gives a zero loss, not NaN.
     """
     m = mask.to(torch.float32)
-    if loss_agg == "token-mean":
-        agg, denom = m, m.sum()
-    elif loss_agg == "seq-mean-token-mean":
-        per_seq = m.sum(-1, keepdim=True)
-        agg = m / per_seq.clamp(min=1.0)
-        denom = (per_seq > 0).sum()
-    elif loss_agg == "seq-mean-token-sum-norm":
-        agg, denom = m, torch.tensor(float(m.numel()))
-    else:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+    if loss_agg == "seq-mean-token-mean":
+        m = m / m.sum(-1, keepdim=True).clamp(min=1.0)
     if normalizer is not None:
-        return agg / torch.as_tensor(normalizer, dtype=torch.float32, device=agg.device)
-    return agg / denom.to(agg.device, torch.float32).clamp(min=1.0)
+        return m / torch.as_tensor(normalizer, dtype=torch.float32, device=m.device)
+    return m / aggregation_denominator(mask, loss_agg).to(m.device).clamp(min=1.0)
+
+
+def aggregation_denominator(mask: torch.Tensor, loss_agg: str) -> torch.Tensor:
+    """D of :func:`aggregation_weights` for this mask (float32 0-d tensor)."""
+    valid = mask != 0
+    if loss_agg == "token-mean":
+        return valid.sum().to(torch.float32)
+    if loss_agg == "seq-mean-token-mean":
+        return valid.any(-1).sum().to(torch.float32)
+    if loss_agg == "seq-mean-token-sum-norm":
+        return torch.tensor(float(mask.numel()))
+    raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
 
 
 def rlsd_credit(delta, adv, lam: float, eps_w: float, negative_only: bool = False, credit_mask=None):

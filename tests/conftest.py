@@ -8,11 +8,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rlsd_kernels import available_impls  # noqa: E402
+from inputs import FUSED_IMPLS, SMALL_CHUNK_BYTES  # noqa: E402
 from rlsd_kernels.ops import get_backend  # noqa: E402
-
-FUSED_IMPLS = [name for name in available_impls() if name != "eager"]
-SMALL_CHUNK_BYTES = 16 << 10  # a few rows per chunk on test vocabularies: every loop runs several times
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlsd_kernels import rlsd_loss
+from rlsd_kernels import available_impls, rlsd_loss
+
+FUSED_IMPLS = [name for name in available_impls() if name != "eager"]
+SMALL_CHUNK_BYTES = 16 << 10  # a few rows per chunk on test vocabularies: every loop runs several times
 
 
 @dataclass

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import FUSED_IMPLS
-from inputs import make_case, max_rel_err
+from inputs import FUSED_IMPLS, make_case, max_rel_err
 
 from rlsd_kernels import opsd_loss
 

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from conftest import FUSED_IMPLS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from inputs import make_case, max_rel_err, run
+from inputs import FUSED_IMPLS, make_case, max_rel_err, run
 
 from rlsd_kernels import rlsd_loss
 

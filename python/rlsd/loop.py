@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rlsd_kernels import fused_linear_logprobs
+from rlsd_kernels.math import aggregation_denominator
 
 from .advantages import group_advantages, lam_at
 from .batch import pad_values, response_hidden
@@ -57,14 +58,9 @@ class Sample:
 
 
 def global_normalizer(loss_agg: str, lengths: list) -> float:
-    """The denominator of the whole step's loss (see rlsd_kernels' aggregation)."""
-    if loss_agg == "token-mean":
-        return float(sum(lengths))
-    if loss_agg == "seq-mean-token-mean":
-        return float(sum(1 for n in lengths if n > 0))
-    if loss_agg == "seq-mean-token-sum-norm":
-        return float(len(lengths) * max(lengths))
-    raise ValueError(f"unknown loss_agg {loss_agg!r}")
+    """The denominator of the whole step's loss: the kernel's aggregation over all responses."""
+    mask = torch.arange(max(lengths, default=0))[None, :] < torch.tensor(lengths)[:, None]
+    return float(aggregation_denominator(mask, loss_agg))
 
 
 def seed_everything(seed: int) -> None:
