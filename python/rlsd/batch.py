@@ -32,10 +32,11 @@ def pack(contexts: list, responses: list, pad_id: int, device=None):
     return [t.to(device) for t in (input_ids, attention, positions, targets, mask)]
 
 
-def response_hidden(model, contexts: list, responses: list, pad_id: int, device=None):
-    """(hidden [B, T, H] at the positions predicting the response tokens, targets [B, T], mask [B, T])."""
+def response_hidden(model, contexts: list, responses: list, pad_id: int, device=None, body=None):
+    """(hidden [B, T, H] at the positions predicting the response tokens, targets [B, T], mask [B, T]).
+    ``body(input_ids, attention_mask)``, if given, replaces the model's decoder pass (the DDP-wrapped student)."""
     input_ids, attention, positions, targets, mask = pack(contexts, responses, pad_id, device)
-    h = last_hidden_states(model, input_ids, attention)
+    h = body(input_ids, attention) if body is not None else last_hidden_states(model, input_ids, attention)
     hidden = torch.gather(h, 1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
     return hidden, targets, mask
 

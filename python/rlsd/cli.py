@@ -14,6 +14,7 @@ def _options(items) -> dict:
 
 
 def cmd_train(args) -> int:
+    import torch.distributed as dist
     from .config import load_config
     from .loop import Trainer
     cfg = load_config(args.config, args.set)
@@ -22,6 +23,8 @@ def cmd_train(args) -> int:
         step = trainer.resume(args.resume)
         print(f"resumed at step {step}", file=sys.stderr)
     trainer.train()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

@@ -16,10 +16,14 @@ One step:
 
 Each step's sampling randomness is seeded from (seed, step), so a resumed run draws the same
 rollouts as an uninterrupted one.
+
+Under ``torchrun`` every rank runs this same step and trains on its share of the samples; DDP sums
+the gradients (distributed.py). Rank 0 evaluates, logs and saves checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -38,6 +42,7 @@ from .batch import pad_values, response_hidden
 from .checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict
 from .data import CurriculumSampler, informative_groups, load_examples
+from .distributed import all_reduce_sum, init_distributed, wrap_student
 from .evaluate import evaluate
 from .metrics import MetricsLog, plot_metrics
 from .model import lm_head, load_model, pick_device, prepare_model
@@ -76,12 +81,13 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
-        self.device = pick_device(t.device)
+        self.rank, self.world_size, self.device = init_distributed(pick_device(t.device))
         if model is None:
             model, tokenizer = load_model(cfg.model, self.device)
         else:
             model = prepare_model(model, cfg.model, self.device)
         self.model, self.tokenizer = model, tokenizer
+        self.ddp = wrap_student(model, self.device) if self.world_size > 1 else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.train_examples = train_examples if train_examples is not None else load_examples(cfg.data.train)
         if eval_examples is None:
@@ -105,23 +111,27 @@ class Trainer:
         from tqdm import tqdm
         t = self.cfg.train
         records = []
-        if self.step == 0 and t.eval_every and self.eval_examples:
+        main = self.rank == 0
+        if main and self.step == 0 and t.eval_every and self.eval_examples:
             records.append({"step": 0, **self.evaluate()})
             self.log.log(records[-1])
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and main), dynamic_ncols=True)
         while self.step < t.steps:
             record = self.train_step()
-            if self.eval_examples and ((t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps):
-                record.update(self.evaluate())
-            self.log.log(record)
             records.append(record)
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{record['accuracy']:.2f}",
                             s=f"{record['time_step']:.2f}")
+            if not main:
+                continue
+            if self.eval_examples and ((t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps):
+                record.update(self.evaluate())
+            self.log.log(record)
             if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
                 self.save()
         bar.close()
-        plot_metrics(self.log.path, os.path.join(t.output_dir, "metrics.png"))
+        if main:
+            plot_metrics(self.log.path, os.path.join(t.output_dir, "metrics.png"))
         return records
 
     def train_step(self) -> dict:
@@ -173,28 +183,44 @@ class Trainer:
 
     def accumulate_gradients(self, samples: list, micro_batch_size: int = 0):
         """Backward over ``samples`` in micro-batches, each normalised by the step's global
-        denominator: the accumulated gradient equals that of one big batch. Returns the summed
-        loss and the token-weighted mean of the kernel's metrics."""
+        denominator: the accumulated gradient equals that of one big batch. Under data parallelism
+        this rank takes ``samples[rank::world_size]`` and the ranks' gradients are summed in the
+        backward of its last micro-batch. Returns the summed loss (over all ranks) and the
+        token-weighted mean of the kernel's metrics (over this rank's samples)."""
         lam = self.current_lam(self.step)
         normalizer = global_normalizer(self.cfg.algo.loss_agg, [len(s.response) for s in samples])
         mbs = micro_batch_size or self.cfg.train.micro_batch_size
+        # DDP averages the ranks' gradients, but each rank's loss is already divided by the whole
+        # step's denominator, so their sum is wanted: scale the backward by world_size.
+        mine, scale = samples[self.rank::self.world_size], float(self.world_size)
+        if not mine:  # fewer samples than ranks: join the gradient all-reduce with a zero gradient
+            mine, scale = samples[:1], 0.0
         total, sums, count = 0.0, Counter(), 0
-        for start in range(0, len(samples), mbs):
-            batch = samples[start:start + mbs]
-            loss, metrics, entropy = self.micro_batch_loss(batch, lam, normalizer)
-            loss.backward()
+        for start in range(0, len(mine), mbs):
+            batch = mine[start:start + mbs]
+            with self.gradient_sync(last=start + mbs >= len(mine)):
+                loss, metrics, entropy = self.micro_batch_loss(batch, lam, normalizer)
+                (loss * scale).backward()
+            if scale == 0.0:
+                continue
             if entropy is not None:
                 metrics["entropy_mean"] = entropy
             total += loss.item()
             tokens = sum(len(s.response) for s in batch)
             sums.update({k: float(v) * tokens for k, v in metrics.items()})
             count += tokens
+        if self.ddp is not None:
+            total = all_reduce_sum(total, self.device)
         return total, {k: v / max(count, 1) for k, v in sums.items()}
+
+    def gradient_sync(self, last: bool):
+        """DDP reduces the gradients in the last micro-batch's backward only; the others accumulate locally."""
+        return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
 
     def micro_batch_loss(self, batch: list, lam: float, normalizer: float):
         cfg = self.cfg
-        hidden, targets, mask = response_hidden(self.model, [s.context for s in batch],
-                                                [s.response for s in batch], self.pad_id, self.device)
+        hidden, targets, mask = response_hidden(self.model, [s.context for s in batch], [s.response for s in batch],
+                                                self.pad_id, self.device, body=self.ddp)
         weight, bias = lm_head(self.model)
         T = targets.shape[1]
         teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else {}
@@ -263,6 +289,7 @@ class Trainer:
         if self.ref is not None:
             self.ref.load_state_dict(state["ref"])
         self.step = state["step"]
-        self.log.truncate_after(self.step)
+        if self.rank == 0:
+            self.log.truncate_after(self.step)
         self.engine.sync(self.model)
         return self.step
