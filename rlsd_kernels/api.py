@@ -15,6 +15,8 @@ from .math import (KL_TYPES, LOSS_AGGS, RLSDConfig, aggregation_weights, masked_
                    opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss)
 from .ops import FUSED, HeadBackend, get_backend, usable
 
+_D = RLSDConfig  # the option defaults live in one place: RLSDConfig's fields
+
 
 def available_impls() -> list:
     """Implementations usable on this machine, fastest-preferred last: e.g. ['eager', 'chunked', 'cpp']."""
@@ -215,7 +217,7 @@ def _fused_loss(backend, hidden, weight, bias, targets, temperature, teacher_hid
 
 
 def _token_inputs(rows, mask, advantages, loss_agg, normalizer, dtype, **optional):
-    agg = aggregation_weights(mask, loss_agg, normalizer)
+    agg = aggregation_weights(mask, loss_agg, normalizer, dtype)
     tok = {"agg": rows.token(agg, dtype)}
     if advantages is not None:
         adv = advantages.unsqueeze(-1).expand_as(agg) if advantages.dim() == 1 else advantages
@@ -225,9 +227,10 @@ def _token_inputs(rows, mask, advantages, loss_agg, normalizer, dtype, **optiona
 
 
 def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None,
-              bias=None, old_logprobs=None, ref_logprobs=None, temperature=1.0, lam=1.0, eps_w=0.2,
-              eps_low=0.2, eps_high=0.28, dual_clip=None, kl_coef=0.0, kl_type="k3", entropy_coef=0.0,
-              token_weights=None, credit_mask=None, negative_only=False, compute_entropy=False,
+              bias=None, old_logprobs=None, ref_logprobs=None, temperature=1.0, lam=_D.lam, eps_w=_D.eps_w,
+              eps_low=_D.eps_low, eps_high=_D.eps_high, dual_clip=_D.dual_clip, kl_coef=_D.kl_coef,
+              kl_type=_D.kl_type, entropy_coef=_D.entropy_coef, token_weights=None, credit_mask=None,
+              negative_only=_D.negative_only, compute_entropy=False,
               loss_agg="token-mean", normalizer=None, impl="auto"):
     """RLSD policy loss (SPEC.md): verifier sign, self-teacher magnitude; ``lam=0`` is GRPO/DAPO.
 
@@ -361,9 +364,9 @@ class FusedLinearRLSDLoss(torch.nn.Module):
     ``lam`` is a plain attribute, so a schedule can set ``module.lam`` between steps.
     """
 
-    def __init__(self, *, temperature=1.0, lam=1.0, eps_w=0.2, eps_low=0.2, eps_high=0.28, dual_clip=None,
-                 kl_coef=0.0, kl_type="k3", entropy_coef=0.0, negative_only=False, compute_entropy=False,
-                 loss_agg="token-mean", impl="auto"):
+    def __init__(self, *, temperature=1.0, lam=_D.lam, eps_w=_D.eps_w, eps_low=_D.eps_low, eps_high=_D.eps_high,
+                 dual_clip=_D.dual_clip, kl_coef=_D.kl_coef, kl_type=_D.kl_type, entropy_coef=_D.entropy_coef,
+                 negative_only=_D.negative_only, compute_entropy=False, loss_agg="token-mean", impl="auto"):
         super().__init__()
         self.options = dict(temperature=temperature, lam=lam, eps_w=eps_w, eps_low=eps_low, eps_high=eps_high,
                             dual_clip=dual_clip, kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef,

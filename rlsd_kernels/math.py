@@ -46,7 +46,7 @@ class RLSDConfig:
         return self.entropy_coef != 0.0
 
 
-def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None) -> torch.Tensor:
+def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None, dtype=torch.float32) -> torch.Tensor:
     """Per-token weights agg [B, T] such that the aggregated loss is ``sum(agg * l)``.
 
     - ``token-mean``:              agg = mask / D, D = number of valid tokens
@@ -57,17 +57,18 @@ def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None) -> t
     ``normalizer`` (> 0, used as given: fractions are allowed) replaces D, so that micro-batches
     normalised by the global D (:func:`aggregation_denominator` of the whole batch) sum to the loss
     of one big batch. The automatic D is clamped to >= 1: an all-masked batch gives a zero loss, not NaN.
+    Computed in ``dtype`` (float64 for a float64 loss, so nothing is rounded to float32).
     """
-    m = mask.to(torch.float32)
+    m = mask.to(dtype)
     if loss_agg == "seq-mean-token-mean":
         m = m / m.sum(-1, keepdim=True).clamp(min=1.0)
     if normalizer is not None:
-        return m / torch.as_tensor(normalizer, dtype=torch.float32, device=m.device)
-    return m / aggregation_denominator(mask, loss_agg).to(m.device).clamp(min=1.0)
+        return m / torch.as_tensor(normalizer, dtype=dtype, device=m.device)
+    return m / aggregation_denominator(mask, loss_agg).to(device=m.device, dtype=dtype).clamp(min=1.0)
 
 
 def aggregation_denominator(mask: torch.Tensor, loss_agg: str) -> torch.Tensor:
-    """D of :func:`aggregation_weights` for this mask (float32 0-d tensor)."""
+    """D of :func:`aggregation_weights` for this mask (float32 0-d tensor; a count, exact below 2^24)."""
     valid = mask != 0
     if loss_agg == "token-mean":
         return valid.sum().to(torch.float32)

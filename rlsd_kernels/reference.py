@@ -13,6 +13,10 @@ from .math import (RLSDConfig, aggregation_weights, generalized_jsd, masked_mean
                    opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss)
 
 
+def _compute_dtype(hidden):
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
 def logits(hidden, weight, bias, temperature):
     """(hidden W^T + b) / tau, computed in the input dtype, returned as float32 (float64 stays)."""
     z = torch.nn.functional.linear(hidden, weight, bias)
@@ -45,7 +49,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, cfg: RLSDConfig, tea
     if teacher_logprobs is None and teacher_hidden is not None:
         with torch.no_grad():
             teacher_logprobs, _ = linear_logprobs(teacher_hidden, weight, targets, bias, temperature)
-    agg = aggregation_weights(mask, loss_agg, normalizer).to(lp.dtype)
+    agg = aggregation_weights(mask, loss_agg, normalizer, lp.dtype)
     tok = _token_inputs(hidden, advantages, mask, agg, lp_teacher=teacher_logprobs,
                         lp_old=old_logprobs, lp_ref=ref_logprobs, token_weights=token_weights,
                         credit_mask=credit_mask)
@@ -57,7 +61,7 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
               form="sampled", beta=0.5, bias=None, temperature=1.0, token_weights=None,
               loss_agg="token-mean", normalizer=None):
     """OPSD baselines: sampled-token form, or the full-vocabulary generalised JSD."""
-    agg = aggregation_weights(mask, loss_agg, normalizer)
+    agg = aggregation_weights(mask, loss_agg, normalizer, _compute_dtype(hidden))
     if form == "jsd":
         z_s = logits(hidden, weight, bias, temperature)
         with torch.no_grad():

@@ -10,13 +10,9 @@ from typing import Any, Optional
 
 import yaml
 
-# The authors' privileged-context template: the question, then the reference, then an instruction
-# to solve the problem in the model's own way.
-DEFAULT_PRIVILEGED_TEMPLATE = (
-    "{prompt}\n\nHere is a reference solution:\n{reference}\n\n"
-    "After understanding the reference solution, please try to solve this problem using your own "
-    "approach below:\n"
-)
+from rlsd_kernels.math import RLSDConfig
+from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
+
 
 
 @dataclass
@@ -65,24 +61,24 @@ class TeacherConfig:
     sync: str = "live"                   # live: current weights | frozen: a copy re-synced every K steps
     sync_every: int = 20
     source: str = "answer"               # answer | solution (a verified trace) | document
-    template: str = DEFAULT_PRIVILEGED_TEMPLATE
+    template: str = PRIVILEGED_TEMPLATE
 
 
 @dataclass
 class AlgoConfig:
     name: str = "rlsd"                   # grpo | opsd | grpo+opsd | rlsd
     advantage: str = "grpo"              # grpo: (R - mean) / (std + 1e-6) | drgrpo: R - mean
-    lam: float = 1.0                     # RLSD credit strength (ignored by grpo / opsd)
+    lam: float = RLSDConfig.lam          # RLSD credit strength (ignored by grpo / opsd)
     lam_schedule: str = "constant"       # constant | linear (lam -> lam_end over lam_decay_steps)
     lam_end: float = 0.0
     lam_decay_steps: int = 50
-    eps_w: float = 0.2
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    dual_clip: Optional[float] = None
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0                 # > 0 keeps a frozen copy of the start as the reference
-    kl_type: str = "k3"
+    eps_w: float = RLSDConfig.eps_w
+    eps_low: float = RLSDConfig.eps_low
+    eps_high: float = RLSDConfig.eps_high
+    dual_clip: Optional[float] = RLSDConfig.dual_clip
+    entropy_coef: float = RLSDConfig.entropy_coef
+    kl_coef: float = RLSDConfig.kl_coef  # > 0 keeps a frozen copy of the start as the reference
+    kl_type: str = RLSDConfig.kl_type
     loss_agg: str = "token-mean"         # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     opsd_form: str = "sampled"           # sampled | jsd
     opsd_beta: float = 0.5

@@ -44,9 +44,9 @@ from __future__ import annotations
 import torch
 
 from ..api import fused_linear_logprobs, rlsd_loss
+from ..math import RLSDConfig
+from .loss_types import LOSS_TYPES
 
-LOSS_TYPES = {"dapo": "token-mean", "bnpo": "token-mean", "grpo": "seq-mean-token-mean",
-              "dr_grpo": "seq-mean-token-sum-norm"}
 
 
 def dapo_normalizer(attention_mask, num_items_in_batch=None):
@@ -75,8 +75,8 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
     def __init__(self, beta: float = 0.04, compiled: bool = True, use_ref_model: bool = True, chunk_size: int = 1,
                  epsilon_low: float = 0.2, epsilon_high: float = 0.2, loss_type: str = "dapo",
                  max_completion_length=None, importance_sampling_level: str = "token", temperature: float = 1.0,
-                 delta=None, use_bias_correction_kl: bool = False, *, lam: float = 1.0, eps_w: float = 0.2,
-                 negative_only: bool = False, impl="auto"):
+                 delta=None, use_bias_correction_kl: bool = False, *, lam: float = RLSDConfig.lam,
+                 eps_w: float = RLSDConfig.eps_w, negative_only: bool = RLSDConfig.negative_only, impl="auto"):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise NotImplementedError(f"loss_type {loss_type!r} is not provided; use one of {sorted(LOSS_TYPES)}")

@@ -50,14 +50,10 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from ..api import rlsd_loss
+from ..privileged import PRIVILEGED_TEMPLATE
+from ..math import RLSDConfig
+from .loss_types import LOSS_TYPES
 
-LOSS_TYPES = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
-              "dapo": "token-mean"}
-
-# The privileged-context template of the RLSD authors: question, reference, "solve it your own way".
-TEACHER_TEMPLATE = ("{prompt}\n\nHere is a reference solution:\n{reference}\n\n"
-                    "After understanding the reference solution, please try to solve this problem using your own "
-                    "approach below:\n")
 
 _LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                  "logits_scaling")
@@ -78,7 +74,7 @@ def add_hidden_forward(model):
     model.forward = types.MethodType(_forward, model)
 
 
-def teacher_prompt(prompt, reference, template: str = TEACHER_TEMPLATE):
+def teacher_prompt(prompt, reference, template: str = PRIVILEGED_TEMPLATE):
     """The teacher's prompt: ``template`` filled with the question and the privileged ``reference``.
     For conversational prompts the last message's text is replaced."""
     if isinstance(prompt, str):
@@ -98,8 +94,9 @@ class RLSDTrainer(GRPOTrainer):
     (reweight only A < 0) and ``impl`` (backend of ``rlsd_loss``). Everything else is GRPOTrainer's.
     """
 
-    def __init__(self, *args, privileged_column: str = "privileged", teacher_template: str = TEACHER_TEMPLATE,
-                 lam: float = 1.0, eps_w: float = 0.2, negative_only: bool = False, impl="auto", **kwargs):
+    def __init__(self, *args, privileged_column: str = "privileged", teacher_template: str = PRIVILEGED_TEMPLATE,
+                 lam: float = RLSDConfig.lam, eps_w: float = RLSDConfig.eps_w,
+                 negative_only: bool = RLSDConfig.negative_only, impl="auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.privileged_column, self.teacher_template = privileged_column, teacher_template
         self.lam, self.eps_w, self.negative_only, self.impl = lam, eps_w, negative_only, impl
