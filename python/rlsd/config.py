@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
+import math
+import os
+import re
+import string
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 import yaml
 
-from rlsd_kernels.math import RLSDConfig
+from rlsd_kernels.math import KL_TYPES, LOSS_AGGS, RLSDConfig
+from rlsd_kernels.ops import IMPLS
 from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
 
 
@@ -118,53 +126,210 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "Config":
-        choices = {
-            "algo.name": (self.algo.name, ("grpo", "opsd", "grpo+opsd", "rlsd")),
-            "algo.advantage": (self.algo.advantage, ("grpo", "drgrpo")),
-            "algo.lam_schedule": (self.algo.lam_schedule, ("constant", "linear")),
-            "algo.opsd_form": (self.algo.opsd_form, ("sampled", "jsd")),
-            "teacher.sync": (self.teacher.sync, ("live", "frozen")),
-            "teacher.source": (self.teacher.source, ("answer", "solution", "document")),
-            "rollout.engine": (self.rollout.engine, ("hf", "vllm")),
-        }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-        if "opsd" in self.algo.name and self.algo.opsd_form == "jsd" and self.teacher.sync != "live":
-            raise ValueError("opsd_form 'jsd' compares full distributions under one LM head: "
-                             "it needs teacher.sync 'live'")
+        """Check every field's type and value; raise :class:`ConfigError` naming each bad key."""
+        problems = _type_problems(self, "")
+        if not problems:
+            problems = _value_problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
         return self
 
 
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key (and the file or ``--set`` it came from)."""
+
+
+def _suggest(name, choices, prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+def _show(value) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+          dict: "a mapping"}
+
+
+def _unwrap(hint):
+    """(the type inside Optional[...], whether None is allowed)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _type_problems(obj, where: str) -> list:
+    """Type errors of the dataclass ``obj`` and its sections; ints in float fields become floats."""
+    problems = []
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, value = f"{where}.{f.name}".lstrip("."), getattr(obj, f.name)
+        kind, optional = _unwrap(hints[f.name])
+        if value is None and optional:
+            continue
+        if dataclasses.is_dataclass(kind):
+            if isinstance(value, kind):
+                problems += _type_problems(value, key)
+            else:
+                problems.append(f"{key}: expected a mapping{' or null' if optional else ''}, got {_show(value)}")
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            problems.append(f"{key}: expected {_KINDS.get(kind, kind)}, got {_show(value)}")
+    return problems
+
+
+def _template_problems(key: str, template: str, required: tuple) -> list:
+    """A ``str.format`` template must parse and use exactly the named fields ``required``."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        return [f"{key}: not a valid format string ({exc}); write literal braces as {{{{ and }}}}"]
+    unknown, missing = fields - set(required), set(required) - fields
+    if unknown or missing:
+        found = [f"unknown {sorted(unknown)}"] * bool(unknown) + [f"missing {sorted(missing)}"] * bool(missing)
+        return [f"{key} must use the fields {{{'}, {'.join(required)}}}: {', '.join(found)}"]
+    return []
+
+
+def _verifier_problems(v) -> list:
+    from .verifiers import REGISTRY  # the registry fills itself on import; config stays importable alone
+    if v.name not in REGISTRY:
+        return [f"verifier.name must be one of {sorted(REGISTRY)}, got {v.name!r}{_suggest(v.name, REGISTRY)}"]
+    params = list(inspect.signature(REGISTRY[v.name]).parameters)[2:]
+    try:
+        inspect.signature(REGISTRY[v.name]).bind("", None, **v.options)
+    except TypeError as exc:
+        return [f"verifier.options: {exc} (verifier {v.name!r} takes {params})"]
+    return []
+
+
+def _device_ok(name: str) -> bool:
+    try:
+        return name == "auto" or torch.device(name).type in ("cpu", "cuda")
+    except RuntimeError:
+        return False
+
+
+def _value_problems(cfg: Config) -> list:
+    """Values out of range and unknown names, one message per key."""
+    m, d, r, te, a, t = cfg.model, cfg.data, cfg.rollout, cfg.teacher, cfg.algo, cfg.train
+    choices = [
+        ("model.dtype", m.dtype, ("auto", "float32", "bfloat16", "float16")),
+        ("rollout.engine", r.engine, ("hf", "vllm")),
+        ("teacher.sync", te.sync, ("live", "frozen")),
+        ("teacher.source", te.source, ("answer", "solution", "document")),
+        ("algo.name", a.name, ("grpo", "opsd", "grpo+opsd", "rlsd")),
+        ("algo.advantage", a.advantage, ("grpo", "drgrpo")),
+        ("algo.lam_schedule", a.lam_schedule, ("constant", "linear")),
+        ("algo.loss_agg", a.loss_agg, LOSS_AGGS),
+        ("algo.kl_type", a.kl_type, KL_TYPES),
+        ("algo.opsd_form", a.opsd_form, ("sampled", "jsd")),
+        ("train.impl", t.impl, ("auto",) + tuple(IMPLS)),
+    ]
+    problems = [f"{key} must be one of {list(allowed)}, got {value!r}{_suggest(value, allowed)}"
+                for key, value, allowed in choices if value not in allowed]
+    ranges = [
+        ("data.curriculum_threshold", d.curriculum_threshold, 0 <= d.curriculum_threshold <= 1, "in [0, 1]"),
+        ("data.curriculum_window", d.curriculum_window, d.curriculum_window >= 1, ">= 1"),
+        ("rollout.n", r.n, r.n >= 1, ">= 1"),
+        ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, ">= 1"),
+        ("rollout.temperature", r.temperature, math.isfinite(r.temperature) and r.temperature > 0, "a finite number > 0"),
+        ("teacher.sync_every", te.sync_every, te.sync_every >= 1, ">= 1"),
+        ("algo.lam", a.lam, 0 <= a.lam <= 1, "in [0, 1]"),
+        ("algo.lam_end", a.lam_end, 0 <= a.lam_end <= 1, "in [0, 1]"),
+        ("algo.lam_decay_steps", a.lam_decay_steps, a.lam_decay_steps >= 1, ">= 1"),
+        ("algo.eps_w", a.eps_w, 0 <= a.eps_w < 1, "in [0, 1)"),
+        ("algo.eps_low", a.eps_low, 0 <= a.eps_low < 1, "in [0, 1)"),
+        ("algo.eps_high", a.eps_high, math.isfinite(a.eps_high) and a.eps_high >= 0, "a finite number >= 0"),
+        ("algo.dual_clip", a.dual_clip, a.dual_clip is None or (math.isfinite(a.dual_clip) and a.dual_clip > 1),
+         "null or a finite number > 1"),
+        ("algo.entropy_coef", a.entropy_coef, math.isfinite(a.entropy_coef) and a.entropy_coef >= 0, "a finite number >= 0"),
+        ("algo.kl_coef", a.kl_coef, math.isfinite(a.kl_coef) and a.kl_coef >= 0, "a finite number >= 0"),
+        ("algo.opsd_beta", a.opsd_beta, 0 <= a.opsd_beta <= 1, "in [0, 1]"),
+        ("algo.opsd_coef", a.opsd_coef, math.isfinite(a.opsd_coef) and a.opsd_coef >= 0, "a finite number >= 0"),
+        ("train.steps", t.steps, t.steps >= 1, ">= 1"),
+        ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, ">= 1"),
+        ("train.micro_batch_size", t.micro_batch_size, t.micro_batch_size >= 1, ">= 1"),
+        ("train.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
+        ("train.weight_decay", t.weight_decay, math.isfinite(t.weight_decay) and t.weight_decay >= 0, "a finite number >= 0"),
+        ("train.betas", t.betas, len(t.betas) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in t.betas),
+         "two numbers in [0, 1)"),
+        ("train.grad_clip", t.grad_clip, math.isfinite(t.grad_clip) and t.grad_clip >= 0, "a finite number >= 0 (0: off)"),
+        ("train.seed", t.seed, 0 <= t.seed < 2 ** 32, "in [0, 2^32)"),
+        ("train.threads", t.threads, t.threads >= 0, ">= 0 (0: torch's default)"),
+        ("train.device", t.device, _device_ok(t.device), "auto, cpu, cuda or cuda:N"),
+        ("train.output_dir", t.output_dir, t.output_dir.strip() != "", "a directory name"),
+        ("train.eval_every", t.eval_every, t.eval_every >= 0, ">= 0"),
+        ("train.eval_size", t.eval_size, t.eval_size >= 0, ">= 0"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 0, ">= 0"),
+    ]
+    if m.lora is not None:
+        lora = m.lora
+        ranges += [
+            ("model.lora.r", lora.r, lora.r >= 1, ">= 1"),
+            ("model.lora.alpha", lora.alpha, lora.alpha > 0, "> 0"),
+            ("model.lora.dropout", lora.dropout, 0 <= lora.dropout < 1, "in [0, 1)"),
+            ("model.lora.target_modules", lora.target_modules,
+             bool(lora.target_modules) and all(isinstance(x, str) for x in lora.target_modules),
+             "a non-empty list of module names"),
+        ]
+    problems += [f"{key} must be {what}, got {value!r}" for key, value, ok, what in ranges if not ok]
+    problems += _template_problems("data.prompt_template", d.prompt_template, ("prompt",))
+    problems += _template_problems("teacher.template", te.template, ("prompt", "reference"))
+    problems += _verifier_problems(cfg.verifier)
+    if "opsd" in a.name and a.opsd_form == "jsd" and te.sync != "live":
+        problems.append("algo.opsd_form 'jsd' compares full distributions under one LM head: "
+                        "it needs teacher.sync 'live'")
+    return problems
+
+
 def _build(cls, data: Any, where: str):
-    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclass fields."""
-    if data is None:
-        return None
+    """Instantiate dataclass ``cls`` from a mapping, recursing into sections; unknown keys are errors."""
     if not isinstance(data, dict):
-        raise TypeError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {_show(data)}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    unknown = [repr(prefix + str(key)) + _suggest(key, names, prefix) for key in data if key not in names]
     if unknown:
-        raise KeyError(f"{where or 'config'}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                          f"{where or 'the top level'} has {names}")
     kwargs = {}
     for key, value in data.items():
-        kind = hints[key]
-        inner = [a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)]
-        target = kind if dataclasses.is_dataclass(kind) else (inner[0] if inner else None)
-        kwargs[key] = _build(target, value, f"{where}.{key}".lstrip(".")) if target else value
+        kind, _ = _unwrap(hints[key])
+        section = dataclasses.is_dataclass(kind) and isinstance(value, dict)
+        kwargs[key] = _build(kind, value, f"{where}.{key}".lstrip(".")) if section else value
     return cls(**kwargs)
 
 
 def config_from_dict(data: dict) -> Config:
-    return _build(Config, data or {}, "").validate()
+    return _build(Config, {} if data is None else data, "").validate()
 
 
-def _set_dotted(data: dict, dotted: str, value) -> None:
-    *path, last = dotted.split(".")
-    for key in path:
-        data = data.setdefault(key, {})
-    data[last] = value
+def _field_type(dotted: str):
+    """The annotated type of the config key ``dotted`` (None inside free-form option mappings)."""
+    cls, where = Config, ""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown key {prefix + part!r}{_suggest(part, names, prefix)}; "
+                              f"{where or 'the top level'} has {names}")
+        kind, _ = _unwrap(typing.get_type_hints(cls)[part])
+        where = f"{where}.{part}".lstrip(".")
+        if i == len(parts) - 1 or kind is dict:
+            return kind if i == len(parts) - 1 else None
+        if not dataclasses.is_dataclass(kind):
+            raise ConfigError(f"{where} is a value, not a section: cannot set {dotted!r}")
+        cls = kind
 
 
 def parse_value(text: str):
@@ -175,16 +340,86 @@ def parse_value(text: str):
         return text
 
 
+def apply_override(data: dict, item: str) -> None:
+    """Apply one ``--set key.sub=value`` to the raw mapping ``data``; string fields take the text as is."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-5")
+    try:
+        kind = _field_type(key)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {item!r}: {exc}") from None
+    *path, last = key.split(".")
+    node = data
+    for i, part in enumerate(path):
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(path[:i + 1])} is {_show(node[part])}, not a mapping")
+        node = node[part]
+    node[last] = text if kind is str else parse_value(text)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-5`` as a number (YAML 1.2) and refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml(path: str) -> dict:
+    """The top-level mapping of the YAML file ``path``; :class:`ConfigError` naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable UTF-8 text file ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {_show(data)}")
+    return data
+
+
+def _missing_files(cfg: Config) -> list:
+    files = [("data.train", cfg.data.train, os.path.isfile, "file"), ("data.eval", cfg.data.eval, os.path.isfile, "file"),
+             ("model.path", cfg.model.path, os.path.isdir, "directory")]
+    return [f"{key}: no such {what}: {value!r}" for key, value, exists, what in files if value and not exists(value)]
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> Config:
-    """Read YAML at ``path`` and apply ``key.sub=value`` overrides (values: see :func:`parse_value`)."""
-    data = {}
-    if path:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+    """Read YAML at ``path``, apply ``key.sub=value`` overrides (values: see :func:`parse_value`) and
+    validate everything, including that the data files and the model directory it names exist."""
+    data = read_yaml(path) if path else {}
     for item in overrides or []:
-        key, _, value = item.partition("=")
-        _set_dotted(data, key.strip(), parse_value(value))
-    return config_from_dict(data)
+        apply_override(data, item)
+    source = (path or "config") + (f" with --set {' '.join(overrides)}" if overrides else "")
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    missing = _missing_files(cfg)
+    if missing:
+        raise ConfigError(f"{source}: {'; '.join(missing)}")
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rlsd.advantages import group_advantages, lam_at
-from rlsd.config import LoraConfig, load_config
+from rlsd.config import ConfigError, LoraConfig, load_config
 from rlsd.data import CurriculumSampler, Example, informative_groups, load_examples, write_jsonl
 
 
@@ -13,9 +13,9 @@ def test_yaml_config_with_overrides(tmp_path):
     assert cfg.algo.name == "grpo" and cfg.algo.lam == 0.5 and cfg.train.lr == 1e-5
     assert cfg.train.steps == 7 and cfg.algo.loss_agg == "seq-mean-token-mean"
     assert isinstance(cfg.model.lora, LoraConfig) and cfg.model.lora.r == 4
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="algo.lamda"):
         load_config(str(path), ["algo.lamda=1"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="algo.name"):
         load_config(str(path), ["algo.name=ppo"])
 
 
