@@ -1,9 +1,19 @@
-import os
-
 import pytest
 
 from rlsd.data import Example
 from rlsd.verifiers import REGISTRY, make_verifier, verify
+from rlsd.verifiers.sandbox import SandboxUnavailable, check_bwrap
+
+
+def _bwrap_missing():
+    try:
+        check_bwrap()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+needs_bwrap = pytest.mark.skipif(bool(_bwrap_missing()), reason=f"code verifier sandbox: {_bwrap_missing()}")
 
 
 def ex(answer, **meta):
@@ -42,6 +52,7 @@ CODE_OK = "```python\ndef f(x):\n    return 2 * x\n```"
 TESTS = "assert f(2) == 4\nassert f(0) == 0"
 
 
+@needs_bwrap
 def test_code_good_wrong_malformed():
     assert verify("code", CODE_OK, ex(TESTS)).reward == 1.0
     assert verify("code", "def f(x):\n    return x", ex(TESTS)).reward == 0.0
@@ -49,21 +60,29 @@ def test_code_good_wrong_malformed():
     assert bad.reward == 0.0 and "SyntaxError" in bad.reason
 
 
+@needs_bwrap
 def test_code_infinite_loop_times_out():
     v = verify("code", "def f(x):\n    while True: pass", ex("f(1)"), timeout=1.0)
     assert v.reward == 0.0 and "timeout" in v.reason
 
 
-def test_code_cannot_write_files_or_spawn(tmp_path):
-    target = tmp_path / "leak.txt"
-    writes = f"open({str(target)!r}, 'w').write('x')\ndef f(x):\n    return 2 * x"
-    v = verify("code", writes, ex(TESTS))
-    assert v.reward == 0.0 and "not allowed" in v.reason and not target.exists()
-    v = verify("code", "import os\nos.system('touch " + str(target) + "')", ex("pass"))
-    assert v.reward == 0.0 and not target.exists()
-    assert not os.path.exists("leak.txt")
+@needs_bwrap
+def test_code_batch_keeps_order():
+    v = make_verifier("code", workers=2)
+    pairs = [(CODE_OK, ex(TESTS)), ("def f(x):\n    return x", ex(TESTS))] * 3
+    assert [d.reward for d in v.batch(pairs)] == [1.0, 0.0] * 3
 
 
+def test_code_options_are_checked_when_built():
+    with pytest.raises(ValueError, match="sandbox"):
+        make_verifier("code", sandbox="docker")
+    with pytest.warns(RuntimeWarning, match="UNSANDBOXED"):
+        v = make_verifier("code", sandbox="none")
+    assert v(CODE_OK, ex(TESTS)).reward == 1.0
+    assert v("def f(x):\n    return 0\nimport os\nos._exit(0)", ex(TESTS)).reward == 0.0
+
+
+@needs_bwrap
 def test_code_memory_limit():
     v = verify("code", "x = bytearray(4 << 30)", ex("pass"), memory_mb=256)
     assert v.reward == 0.0 and "MemoryError" in v.reason

@@ -6,10 +6,13 @@ read, gives reward 0 with the reason recorded.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 REGISTRY: dict = {}
+CHECKS: dict = {}  # name -> fn(**options) that raises when the verifier cannot run here
 
 
 @dataclass(frozen=True)
@@ -18,9 +21,11 @@ class Verdict:
     reason: str = "ok"
 
 
-def register(name: str) -> Callable:
+def register(name: str, check: Optional[Callable] = None) -> Callable:
     def wrap(fn):
         REGISTRY[name] = fn
+        if check is not None:
+            CHECKS[name] = check
         return fn
     return wrap
 
@@ -34,11 +39,32 @@ def verify(name: str, response: str, example, **options) -> Verdict:
     return Verdict(min(1.0, max(0.0, float(verdict.reward))), verdict.reason)
 
 
-def make_verifier(name: str, **options) -> Callable:
-    """``fn(response, example) -> Verdict`` with the options bound."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown verifier {name!r}; registered: {sorted(REGISTRY)}")
-    return lambda response, example: verify(name, response, example, **options)
+class Verifier:
+    """Verifier ``name`` with its options bound: ``v(response, example)`` or ``v.batch(pairs)``."""
+
+    def __init__(self, name: str, workers: Optional[int] = None, **options):
+        if name not in REGISTRY:
+            raise KeyError(f"unknown verifier {name!r}; registered: {sorted(REGISTRY)}")
+        if name in CHECKS:
+            CHECKS[name](**options)
+        self.name, self.options = name, options
+        self.workers = workers or os.cpu_count() or 1
+
+    def __call__(self, response: str, example) -> Verdict:
+        return verify(self.name, response, example, **self.options)
+
+    def batch(self, pairs) -> list:
+        """Verdicts of ``(response, example)`` pairs, ``workers`` at a time, in order."""
+        pairs = list(pairs)
+        if self.workers == 1 or len(pairs) < 2:
+            return [self(r, e) for r, e in pairs]
+        with ThreadPoolExecutor(min(self.workers, len(pairs))) as pool:
+            return list(pool.map(lambda p: self(*p), pairs))
+
+
+def make_verifier(name: str, **options) -> Verifier:
+    """The verifier with the options bound; raises now if it cannot run here (e.g. no sandbox)."""
+    return Verifier(name, **options)
 
 
 from . import code, match, math, schema, sql  # noqa: E402,F401  (each module registers itself)

@@ -1,35 +1,32 @@
-"""Python code run against the example's tests in a subprocess, with a timeout and limits.
+"""Python code run against the example's tests in a bubblewrap sandbox (see README.md here).
 
-The child runs in an empty temporary directory, with CPU-time, memory and file-size limits, and an
-audit hook that refuses to open files for writing, delete files or start processes. This stops
-accidents of generated code (loops, runaway memory, stray files); it is not a security sandbox for
-hostile code.
+Reward 1 only when the runner (``_runner.py``) reports, on a pipe of its own, the per-run random
+token that it writes after the last test statement has returned: exit codes, ``sys.exit``,
+``os._exit``, exceptions at exit and output count for nothing.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import secrets
+import signal
 import subprocess
-import sys
 import tempfile
+import warnings
+from pathlib import Path
 
 from . import Verdict, register
+from .sandbox import bwrap_command, check_bwrap, python_executable
 
-_RUNNER = r'''
-import os, sys
-_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-def _guard(event, args):
-    if event == "open" and (any(c in (args[1] or "") for c in "wax+") or (args[2] or 0) & _WRITE):
-        raise PermissionError("writing files is not allowed")
-    if event in ("os.remove", "os.unlink", "os.rmdir", "os.rename", "shutil.rmtree", "os.mkdir",
-                 "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-                 "subprocess.Popen", "socket.connect"):
-        raise PermissionError(f"{event} is not allowed")
-sys.addaudithook(_guard)
-src = sys.stdin.read()
-exec(compile(src, "<solution>", "exec"), {"__name__": "__main__"})
-'''
+SANDBOXES = ("bwrap", "none")
+RUNNER = Path(__file__).with_name("_runner.py").read_text()
+# Runs RUNNER (argv[1]) with a private copy of the builtins, out of reach of the solution.
+STUB = "import builtins, sys; exec(sys.argv[1], {'__builtins__': dict(vars(builtins)), '__name__': 'runner'})"
+MAX_PROCS = 64          # processes and threads inside one sandbox
+MAX_REASON = 4096       # bytes of the runner's message kept
 
 
 def extract_code(response: str) -> str:
@@ -38,40 +35,76 @@ def extract_code(response: str) -> str:
     return blocks[-1] if blocks else response
 
 
-def _limits(cpu_seconds: int, memory_mb: int, file_mb: int):
-    def apply():
-        import resource
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb << 20, file_mb << 20))
-        os.setsid()
-    return apply
+def check_sandbox(sandbox: str = "bwrap", **_) -> None:
+    """Fail now, not on the first response, when the sandbox cannot run; warn loudly without one."""
+    if sandbox not in SANDBOXES:
+        raise ValueError(f"sandbox must be one of {SANDBOXES}, got {sandbox!r}")
+    if sandbox == "bwrap":
+        check_bwrap()
+    else:
+        warnings.warn("code verifier: sandbox='none' runs generated code UNSANDBOXED with your user's "
+                      "rights on this host (files, network, processes); use only with trusted code",
+                      RuntimeWarning, stacklevel=3)
 
 
-@register("code")
-def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024,
-                 file_mb: int = 1) -> Verdict:
+def _read_report(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _last_line(err) -> str:
+    err.seek(max(0, os.fstat(err.fileno()).st_size - MAX_REASON))
+    lines = err.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no report: the process ended before the tests did"
+
+
+def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
+              sandbox: str = "bwrap") -> Verdict:
+    """Run ``code`` then ``tests``; reward 1 iff the runner's token arrives (the tests ran to the end)."""
+    token = secrets.token_hex(16).encode()
+    limits = {"CPU": math.ceil(timeout) + 1, "AS": memory_mb << 20, "FSIZE": file_mb << 20, "NOFILE": 64,
+              "CORE": 0}
+    read_fd, write_fd = os.pipe()
+    argv = [python_executable(), "-I", "-S", "-B", "-c", STUB, RUNNER, str(write_fd)]
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        if sandbox == "bwrap":
+            limits["NPROC"] = MAX_PROCS  # counted per user namespace: only the sandbox's own processes
+            argv, env, cwd = bwrap_command(argv + [json.dumps(limits)], check_bwrap()), {}, None
+        else:
+            argv, env, cwd = argv + [json.dumps(limits)], {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp}, tmp
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                    pass_fds=(write_fd,), env=env, cwd=cwd, start_new_session=True)
+        finally:
+            os.close(write_fd)
+        payload = token + b"\n" + json.dumps({"code": code, "tests": tests}).encode()
+        try:
+            proc.communicate(payload, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _read_report(read_fd)
+            return Verdict(0.0, f"timeout after {timeout}s")
+        report = _read_report(read_fd)
+        if report == token:
+            return Verdict(1.0, "ok")
+        return Verdict(0.0, f"failed: {_last_line(err)}")
+
+
+@register("code", check=check_sandbox)
+def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
+                 sandbox: str = "bwrap") -> Verdict:
     """Reward 1 iff the code followed by the tests (``example.meta['tests']``, else the answer:
-    Python statements such as ``assert f(2) == 4``) exits cleanly within ``timeout`` seconds."""
+    Python statements such as ``assert f(2) == 4``) runs to the end within ``timeout`` seconds."""
     tests = example.meta.get("tests", example.answer)
     if isinstance(tests, list):
         tests = "\n".join(tests)
     code = extract_code(response)
     if not code.strip():
         return Verdict(0.0, "malformed: no code")
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0"}
-        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _RUNNER], cwd=tmp, env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True,
-                                preexec_fn=_limits(int(timeout) + 1, memory_mb, file_mb))
-        try:
-            _, err = proc.communicate(code + "\n\n" + str(tests) + "\n", timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.communicate()
-            return Verdict(0.0, f"timeout after {timeout}s")
-    if proc.returncode == 0:
-        return Verdict(1.0, "ok")
-    lines = err.strip().splitlines()
-    return Verdict(0.0, f"failed (exit {proc.returncode}): {lines[-1] if lines else 'killed'}")
+    return run_tests(code, str(tests), timeout, memory_mb, file_mb, sandbox)

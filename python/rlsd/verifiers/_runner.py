@@ -1,0 +1,135 @@
+"""The test runner executed inside the sandbox, in a private namespace (see ``code.RUNNER``).
+
+argv: ``REPORT_FD LIMITS_JSON`` (resource name -> limit, e.g. ``{"CPU": 6}``).
+
+stdin: the run's token on the first line, then JSON ``{"code": ..., "tests": ...}``. The solution runs
+first, then the tests, in a worker thread; the token is written to ``REPORT_FD`` only when the last
+test statement has returned and the interpreter's shared state is as the tests found it. The token
+lives in this module's locals only: frames, the garbage collector, tracing, ctypes and new processes
+are refused to the solution by an audit hook, so it cannot read the token or jump over a test.
+Python signal handlers run in the main thread only, and the solution runs in another, so no handler
+receives a frame either. This file is standard library only; it is not imported by the trainer.
+"""
+
+import _thread
+import builtins
+import json
+import os
+import resource
+import signal
+import sys
+
+# Modules the standard library needs frames to import: loaded before the hook refuses frames.
+import bisect, collections, copy, dataclasses, enum, functools, heapq, itertools, math, operator, re  # noqa: E401,F401,E501
+import string, types, typing  # noqa: E401,F401
+
+ModuleType = type(sys)
+_modules, _sys_vars = sys.modules, vars(sys)
+_FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+_REFUSED = frozenset({
+    "sys.settrace", "sys.setprofile", "sys._current_frames", "sys._current_exceptions",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+    "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
+    "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
+})
+_REFUSED_MODULES = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi",
+                              "_xxsubinterpreters", "_xxinterpchannels"})
+
+
+def _hook(event, args):
+    if event in _REFUSED:
+        raise PermissionError(f"{event} is not allowed")
+    if event == "sys._getframe":
+        raise ValueError("frames are not available")  # the standard library treats this as 'no frame'
+    if event == "object.__getattr__" and args[1] in _FRAME_ATTRS:
+        raise AttributeError(f"{args[1]} is not available")
+    if event == "import" and args[0].partition(".")[0] in _REFUSED_MODULES:
+        raise PermissionError(f"import of {args[0]} is not allowed")
+
+
+def _ids(pairs):
+    return tuple(id(x) for pair in pairs for x in pair)
+
+
+def _state():
+    """Identities of everything the tests reach through imports: sys.modules, the import machinery,
+    every module's namespace and the attributes of its classes."""
+    machinery = [_sys_vars.get(k) for k in ("modules", "meta_path", "path_hooks", "path")]
+    items = [tuple(map(id, machinery)), _ids(machinery[1:]), _ids(list(_modules.items()))]
+    for name, module in list(_modules.items()):
+        if name in ("sys", "builtins", "__main__") or type(module) is not ModuleType:
+            continue
+        for key, value in list(vars(module).items()):
+            items.append((id(key), id(value)))
+            if isinstance(value, type) and value.__flags__ & (1 << 9):  # heap type: attributes can change
+                items.append(_ids(list(vars(value).items())))
+    return tuple(items)
+
+
+def _forget(names):
+    """Drop modules from sys.modules (and from their parent package) so the tests import them afresh."""
+    for name in names:
+        module = _modules.pop(name)
+        parent, _, child = name.rpartition(".")
+        if parent in _modules and vars(_modules[parent]).get(child) is module:
+            delattr(_modules[parent], child)
+
+
+def _run(token, report_fd, err_fd, code, tests):
+    write, exit_, count = os.write, os._exit, _thread._count
+    pristine = dict(vars(builtins))
+    snapshot = _ids(pristine.items())
+    preloaded = set(_modules)
+    before = _state()
+    outcome = "tests passed"
+    try:
+        namespace = {"__name__": "__main__", "__builtins__": builtins}
+        exec(compile(code, "<solution>", "exec"), namespace)
+        _forget(set(_modules) - preloaded)  # the tests import fresh copies of what it imported
+        if _state() != before:
+            raise RuntimeError("the solution changed a module it did not import")
+        start = _state()
+        env = {k: v for k, v in namespace.items() if k != "__builtins__"}
+        env["__builtins__"] = pristine
+        exec(compile(tests, "<tests>", "exec"), env)
+        if _state() != start or _ids(pristine.items()) != snapshot:
+            raise RuntimeError("a module or builtin changed while the tests ran")
+        if count() != 1:
+            raise RuntimeError("threads started by the solution are still running")
+        write(report_fd, token)
+    except BaseException as exc:  # noqa: B902  any way out of the tests is a failure
+        outcome = type(exc).__name__
+        try:
+            outcome += f": {str(exc)[:500]}"
+        except BaseException:  # noqa: B902  a message that cannot be printed
+            pass
+    write(err_fd, f"\n{outcome}\n".encode())
+    exit_(0)
+
+
+def _limits(cfg):
+    for name, value in cfg.items():
+        res = getattr(resource, "RLIMIT_" + name)
+        resource.setrlimit(res, (value, value))
+
+
+def main():
+    report_fd, limits = int(sys.argv[-2]), json.loads(sys.argv[-1])
+    token = sys.stdin.buffer.readline().strip()
+    payload = json.loads(sys.stdin.buffer.read())
+    err_fd = os.dup(2)  # the runner's messages; the solution's stdin, stdout and stderr are /dev/null
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.set_inheritable(report_fd, False)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the file-size limit a write fails, not the process
+    _limits(limits)
+    sys.addaudithook(_hook)
+    _thread.start_new_thread(_run, (token, report_fd, err_fd, payload["code"], payload["tests"]))
+    del token, payload
+    wait = _thread.allocate_lock()
+    wait.acquire()
+    wait.acquire()  # forever: the worker ends the process with os._exit
+
+
+main()
