@@ -1,21 +1,33 @@
 """Datasets with a verifiable answer, a curriculum sampler and dynamic sampling.
 
-A row has ``prompt`` and ``answer``, optionally ``solution`` (a worked trace), ``difficulty`` (an
-int, lower is easier) and ``document``; any other key (``tests``, ``schema``, ``db`` ...) is kept
-in ``meta`` for the verifier.
+A row has ``prompt`` (a non-empty string) and ``answer`` (any non-null value), optionally
+``solution`` (a worked trace), ``difficulty`` (an int, lower is easier) and ``document``; any other
+key (``tests``, ``schema``, ``db`` ...) is kept in ``meta`` for the verifier. Rows are read from
+UTF-8 JSONL (one object per line, blank lines skipped) or Parquet; duplicate rows are kept (each is
+drawn once per epoch). A bad file or row raises :class:`DataError` naming the file and line (or row).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 _FIELDS = ("prompt", "answer", "solution", "difficulty", "document")
+REQUIRED = ("prompt", "answer")
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file and line (or row)."""
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 @dataclass
@@ -29,10 +41,26 @@ class Example:
 
     @classmethod
     def from_row(cls, row: dict) -> "Example":
-        if "prompt" not in row or "answer" not in row:
-            raise KeyError(f"a row needs 'prompt' and 'answer', got keys {sorted(row)}")
+        """An Example from a mapping; :class:`DataError` naming the field if one is missing or of the wrong type."""
+        if not isinstance(row, dict):
+            raise DataError(f"a row must be a mapping, got {_kind(row)}")
+        missing = [k for k in REQUIRED if row.get(k) is None]
+        if missing:
+            raise DataError(f"the row has no {' or '.join(map(repr, missing))} (keys: {sorted(map(str, row))})")
+        if not isinstance(row["prompt"], str):
+            raise DataError(f"'prompt' must be a string, got {_kind(row['prompt'])}")
+        for key in ("prompt", "answer"):
+            if isinstance(row[key], str) and not row[key].strip():
+                raise DataError(f"{key!r} is empty")
+        for key in ("solution", "document"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise DataError(f"{key!r} must be a string or null, got {_kind(row[key])}")
         known = {k: row[k] for k in _FIELDS if k in row and row[k] is not None}
-        known["difficulty"] = int(known.get("difficulty", 0))
+        difficulty = known.get("difficulty", 0)
+        if isinstance(difficulty, bool) or not (isinstance(difficulty, int) or
+                                                (isinstance(difficulty, float) and difficulty.is_integer())):
+            raise DataError(f"'difficulty' must be an integer, got {_kind(difficulty)} {difficulty!r}")
+        known["difficulty"] = int(difficulty)
         return cls(**known, meta={k: v for k, v in row.items() if k not in _FIELDS})
 
     def to_row(self) -> dict:
@@ -44,17 +72,73 @@ class Example:
         return {**row, **self.meta}
 
 
+def _unique_keys(pairs: list) -> dict:
+    row = {}
+    for key, value in pairs:
+        if key in row:
+            raise DataError(f"duplicate key {key!r}")
+        row[key] = value
+    return row
+
+
+def _jsonl_rows(path: str) -> Iterator:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 (byte {exc.start} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, object_pairs_hook=_unique_keys)
+            except DataError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            except ValueError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc}); JSONL has one object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {_kind(row)}")
+            yield where, row
+
+
+def _parquet_rows(path: str) -> Iterator:
+    import pyarrow as pa  # optional dependency, only for Parquet input
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: no column {' or '.join(map(repr, missing))} (columns: {table.column_names})")
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield f"{path}: row {i}", row
+
+
+def _located_rows(path: str) -> Iterator:
+    """(where, row) for each row of ``path``; ``where`` is ``file:line`` or ``file: row N``."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}" if not os.path.exists(path) else f"{path}: not a file")
+    return _parquet_rows(path) if path.endswith(".parquet") else _jsonl_rows(path)
+
+
 def read_rows(path: str) -> list:
     """Rows of a ``.jsonl`` or ``.parquet`` file as dicts."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq  # optional dependency, only for Parquet input
-        return pq.read_table(path).to_pylist()
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in _located_rows(path)]
 
 
 def load_examples(path: str) -> list:
-    return [Example.from_row(row) for row in read_rows(path)]
+    """Every row of ``path`` as an :class:`Example`; an empty file is an error."""
+    examples = []
+    for where, row in _located_rows(path):
+        try:
+            examples.append(Example.from_row(row))
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+    if not examples:
+        raise DataError(f"{path}: no rows")
+    return examples
 
 
 def write_jsonl(path: str, rows) -> None:
@@ -77,7 +161,7 @@ class CurriculumSampler:
         self.examples = examples
         self.curriculum = curriculum
         self.threshold, self.window = threshold, window
-        diffs = sorted({e.difficulty for e in examples}) if curriculum else [None]
+        diffs = sorted({e.difficulty for e in examples}) if curriculum and examples else [None]
         self.levels = [[i for i, e in enumerate(examples) if d is None or e.difficulty == d] for d in diffs]
         self.level_names = diffs
         self.rng = random.Random(seed)
@@ -92,6 +176,8 @@ class CurriculumSampler:
 
     def sample(self, k: int) -> list:
         """``k`` examples (index, Example)."""
+        if k > 0 and not self.levels[self.level]:
+            raise ValueError("no examples to sample: the training set is empty")
         out = []
         while len(out) < k:
             if self.pos == len(self.order):

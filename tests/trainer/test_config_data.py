@@ -3,7 +3,7 @@ import torch
 
 from rlsd.advantages import group_advantages, lam_at
 from rlsd.config import ConfigError, LoraConfig, load_config
-from rlsd.data import CurriculumSampler, Example, informative_groups, load_examples, write_jsonl
+from rlsd.data import CurriculumSampler, DataError, Example, informative_groups, load_examples, write_jsonl
 
 
 def test_yaml_config_with_overrides(tmp_path):
@@ -31,7 +31,7 @@ def test_jsonl_and_parquet(tmp_path):
         exs = load_examples(str(tmp_path / name))
         assert [e.prompt for e in exs] == [r["prompt"] for r in ROWS]
         assert exs[3].difficulty == 1 and exs[3].meta == {"tests": "assert True"}
-    with pytest.raises(KeyError):
+    with pytest.raises(DataError, match="no 'answer'"):
         Example.from_row({"prompt": "no answer"})
 
 
