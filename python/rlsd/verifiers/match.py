@@ -8,6 +8,8 @@ from typing import Optional
 
 from . import Verdict, register
 
+MAX_CHARS = 1_000_000  # longer responses are refused before matching
+
 
 def extract(response: str, pattern: Optional[str]) -> Optional[str]:
     """The last match of ``pattern`` (its first group if it has one), or the whole response."""
@@ -28,6 +30,8 @@ def normalize(text: str) -> str:
 
 
 def _match(response, example, pattern, canon):
+    if len(response) > MAX_CHARS:
+        return Verdict(0.0, f"malformed: response longer than {MAX_CHARS} characters")
     found = extract(response, pattern)
     if found is None:
         return Verdict(0.0, f"malformed: no answer matching {pattern!r}")

@@ -7,6 +7,8 @@ import re
 
 from . import Verdict, register
 
+MAX_CHARS = 1_000_000  # longer responses are refused before parsing
+
 
 def extract_json(response: str):
     """Parse a fenced ```json block, else the whole response, else its outermost {...} or [...]."""
@@ -19,7 +21,7 @@ def extract_json(response: str):
     for text in candidates:
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             continue
     raise ValueError("no JSON value found")
 
@@ -30,6 +32,8 @@ def json_schema(response: str, example) -> Verdict:
     (a dict or a JSON string; falls back to ``example.answer``)."""
     import jsonschema
 
+    if len(response) > MAX_CHARS:
+        return Verdict(0.0, f"malformed: response longer than {MAX_CHARS} characters")
     schema = example.meta.get("schema", example.answer)
     if isinstance(schema, str):
         schema = json.loads(schema)
@@ -37,7 +41,10 @@ def json_schema(response: str, example) -> Verdict:
         value = extract_json(response)
     except ValueError as exc:
         return Verdict(0.0, f"malformed: {exc}")
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=str)
-    if errors:
-        return Verdict(0.0, f"schema violation: {errors[0].message}")
+    try:
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    except RecursionError:
+        return Verdict(0.0, "malformed: JSON nested too deeply")
+    if error is not None:
+        return Verdict(0.0, f"schema violation: {error.message[:300]}")
     return Verdict(1.0, "ok")
