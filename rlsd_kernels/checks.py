@@ -6,7 +6,12 @@ they are queued as device-side asserts (``torch._assert_async``) so a loss never
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
+
+from .math import KL_TYPES, RLSDConfig
 
 
 def _value_check(ok: torch.Tensor, message: str):
@@ -15,6 +20,12 @@ def _value_check(ok: torch.Tensor, message: str):
             raise ValueError(message)
     else:
         torch._assert_async(ok, message)
+
+
+def tensor(t, name: str):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
 
 
 def floating(t, name: str, ndim=None):
@@ -49,10 +60,15 @@ def same_device(device, **tensors):
             raise ValueError(f"{name} is on {t.device} but hidden is on {device}: put all inputs on one device")
 
 
+_MINMAX_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def head(hidden, weight, bias, targets, temperature, hidden_ndim, vocab_size=None):
     """Checks of the LM-head inputs shared by every entry point. ``vocab_size``: the range of the
     token ids when ``weight`` is one shard of a larger head."""
     floating(hidden, "hidden", hidden_ndim)
+    if hidden.dim() == 0:
+        raise ValueError("hidden must have a last dimension (the hidden size), got a 0-d tensor")
     floating(weight, "weight", 2)
     if weight.dtype != hidden.dtype:
         raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
@@ -70,8 +86,7 @@ def head(hidden, weight, bias, targets, temperature, hidden_ndim, vocab_size=Non
         raise TypeError(f"targets must be an integer tensor of token ids, got "
                         f"{getattr(targets, 'dtype', type(targets).__name__)}")
     same_shape(targets, "targets", hidden.shape[:-1], "hidden without its last dimension")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    number(temperature, "temperature", low=0.0, low_open=True)
     same_device(hidden.device, weight=weight, bias=bias, targets=targets)
     finite(hidden, "hidden")
     finite(weight, "weight")
@@ -79,7 +94,8 @@ def head(hidden, weight, bias, targets, temperature, hidden_ndim, vocab_size=Non
         finite(bias, "bias")
     if targets.numel():
         V = V if vocab_size is None else vocab_size
-        _value_check((targets.min() >= 0) & (targets.max() < V),
+        ids = targets if targets.dtype in _MINMAX_INTS else targets.long()  # no min/max for uint16..64
+        _value_check((ids.min() >= 0) & (ids.max() < V),
                      f"targets must be token ids in [0, {V}) (the vocabulary size of weight)")
 
 
@@ -97,6 +113,87 @@ def per_token(t, name: str, shape, device):
 
 
 def positive(value, name: str, allow_zero=True):
-    ok = isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0)
-    if not ok or value != value:
-        raise ValueError(f"{name} must be a number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    """A finite number >= 0 (> 0 with ``allow_zero=False``)."""
+    return number(value, name, low=0.0, low_open=not allow_zero)
+
+
+def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
+    """A finite real number (not a bool, string or tensor) within [low, high] (open ends where
+    asked), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    ok = math.isfinite(v)
+    if low is not None:
+        ok = ok and (v > low if low_open else v >= low)
+    if high is not None:
+        ok = ok and (v < high if high_open else v <= high)
+    if not ok:
+        if low is not None and high is not None:
+            where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            where = f" {'>' if low_open else '>='} {low:g}"
+        else:
+            where = "" if high is None else f" {'<' if high_open else '<='} {high:g}"
+        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
+    return v
+
+
+def flag(value, name: str) -> bool:
+    """A bool (Python or NumPy); other truthy values such as "no" or 2 are refused."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def count(value, name: str, allow_none=True):
+    """A whole number > 0 (bytes, rows), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a whole number > 0{' (or None)' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def rlsd_options(*, lam, eps_w, eps_low, eps_high, dual_clip, kl_coef, kl_type, entropy_coef,
+                 negative_only) -> RLSDConfig:
+    """The scalar options of rlsd_loss, checked, as an RLSDConfig."""
+    if kl_type not in KL_TYPES:
+        raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
+    return RLSDConfig(
+        lam=number(lam, "lam", low=0.0, high=1.0),
+        eps_w=number(eps_w, "eps_w", low=0.0, high=1.0, high_open=True),
+        eps_low=number(eps_low, "eps_low", low=0.0, high=1.0, high_open=True),
+        eps_high=number(eps_high, "eps_high", low=0.0),
+        dual_clip=None if dual_clip is None else number(dual_clip, "dual_clip", low=1.0, low_open=True),
+        kl_coef=number(kl_coef, "kl_coef", low=0.0),
+        kl_type=kl_type,
+        entropy_coef=number(entropy_coef, "entropy_coef"),
+        negative_only=flag(negative_only, "negative_only"))
+
+
+def mask(t, shape, device):
+    """The [B, T] response mask: any dtype (bool, integer, float), finite."""
+    tensor(t, "mask")
+    same_shape(t, "mask", shape, "one entry per token, like targets")
+    same_device(device, mask=t)
+    if t.is_floating_point():
+        finite(t, "mask")
+    return t
+
+
+def normalizer(value, device):
+    """The aggregation's denominator: None, a finite number > 0, or a one-element tensor holding
+    one (checked on the device without a host sync)."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        return number(value, "normalizer", low=0.0, low_open=True)
+    if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"normalizer must be a number > 0 or a one-element real tensor, got "
+                         f"{value.dtype} of shape {tuple(value.shape)}")
+    if value.device.type != "cpu":
+        same_device(device, normalizer=value)
+    v = value.reshape(())
+    _value_check(torch.isfinite(v) & (v > 0), "normalizer must be a finite number > 0")
+    return value
