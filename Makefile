@@ -34,5 +34,9 @@ bench: venv
 bench-long: venv
 	$(PY) -m benchmarks --long-trace
 
+.PHONY: bench-long-step
+bench-long-step: venv
+	$(PY) -m benchmarks.long_step
+
 clean:
 	rm -rf .venv build *.egg-info

@@ -41,6 +41,22 @@ def response_hidden(model, contexts: list, responses: list, pad_id: int, device=
     return hidden, targets, mask
 
 
+def micro_batches(lengths: list, max_sequences: int, max_tokens: int = 0) -> list:
+    """Index lists of the micro-batches. ``max_tokens`` 0: consecutive slices of ``max_sequences``.
+    Otherwise sorted by length, longest first, and filled while (sequences x longest) stays within
+    ``max_tokens`` padded tokens (and ``max_sequences``); a longer sequence goes alone."""
+    if max_tokens <= 0:
+        return [list(range(i, min(i + max_sequences, len(lengths)))) for i in range(0, len(lengths), max_sequences)]
+    out, current = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1 > max_sequences or (len(current) + 1) * longest > max_tokens):
+            out.append(current)
+            current = []
+        current.append(i)
+    return out + [current] if current else out
+
+
 def pad_values(rows: list, T: int, device=None) -> torch.Tensor:
     """Right-pad lists of floats (e.g. rollout log-probs) with zeros into a [B, T] float32 tensor."""
     out = torch.zeros((len(rows), T), dtype=torch.float32)

@@ -35,7 +35,8 @@ class LoraConfig:
 class ModelConfig:
     path: str = ""                       # a local Hugging Face causal-LM directory
     dtype: str = "auto"                  # auto (bf16 where the device has it, else fp32) | float32 | bfloat16
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False # recompute each layer in backward: activations O(layers x L x H)
+    attn_implementation: str = "auto"    # auto: flash_attention_2 on CUDA if installed, else sdpa | eager
     lora: Optional[LoraConfig] = None    # None: full fine-tuning
 
 
@@ -99,6 +100,11 @@ class TrainConfig:
     steps: int = 100
     prompts_per_step: int = 16
     micro_batch_size: int = 32           # sequences per forward/backward; the loss normaliser is global
+    # Long traces (docs/long-traces.md): model.gradient_checkpointing true, and micro-batches capped by
+    # padded tokens rather than sequences: responses are sorted by length, a long one goes alone (no
+    # padding, no [L, L] mask), short ones share a micro-batch. The teacher pass runs per micro-batch
+    # and returns hidden states only. 0 = off (consecutive slices of micro_batch_size sequences).
+    micro_batch_tokens: int = 0
     lr: float = 1e-6
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])

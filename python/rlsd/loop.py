@@ -38,7 +38,7 @@ from rlsd_kernels import fused_linear_logprobs
 from rlsd_kernels.math import aggregation_denominator
 
 from .advantages import group_advantages, lam_at
-from .batch import pad_values, response_hidden
+from .batch import micro_batches, pad_values, response_hidden
 from .checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict
 from .data import CurriculumSampler, informative_groups, load_examples
@@ -196,9 +196,11 @@ class Trainer:
         if not mine:  # fewer samples than ranks: join the gradient all-reduce with a zero gradient
             mine, scale = samples[:1], 0.0
         total, sums, count = 0.0, Counter(), 0
-        for start in range(0, len(mine), mbs):
-            batch = mine[start:start + mbs]
-            with self.gradient_sync(last=start + mbs >= len(mine)):
+        lengths = [len(s.response) + max(len(s.context), len(s.teacher_context)) for s in mine]
+        batches = micro_batches(lengths, mbs, self.cfg.train.micro_batch_tokens)
+        for i, idx in enumerate(batches):
+            batch = [mine[j] for j in idx]
+            with self.gradient_sync(last=i == len(batches) - 1):
                 loss, metrics, entropy = self.micro_batch_loss(batch, lam, normalizer)
                 (loss * scale).backward()
             if scale == 0.0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from .config import ModelConfig
@@ -21,12 +23,24 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def pick_attention(name: str, device: torch.device) -> str:
+    """``auto``: flash-attn 2 on CUDA where the package is installed, else PyTorch SDPA. Both keep
+    attention memory linear in the sequence length when a batch has no padding."""
+    if name == "auto":
+        flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        return "flash_attention_2" if flash else "sdpa"
+    return name
+
+
 def prepare_model(model, cfg: ModelConfig, device: torch.device):
-    """Move to device/dtype, wrap with LoRA if configured, enable gradient checkpointing."""
+    """Move to device/dtype, choose the attention kernel, wrap with LoRA if configured, enable
+    gradient checkpointing (Hugging Face checkpoints only in training mode: the model is put in it)."""
     model = model.to(device=device, dtype=pick_dtype(cfg.dtype, device))
+    model.set_attn_implementation(pick_attention(cfg.attn_implementation, device))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        model.train()
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model
         lora = cfg.lora
@@ -49,6 +63,20 @@ def lm_head(model):
     return head.weight, head.bias
 
 
+def check_length(model, length: int) -> None:
+    """Refuse sequences longer than the config's ``max_position_embeddings`` (beyond it a model
+    extrapolates its positions silently); raise that field, with rope scaling, to train longer."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and length > limit:
+        raise ValueError(f"a sequence of {length} tokens exceeds the model's max_position_embeddings "
+                         f"({limit}); raise it in the model config (with rope scaling, e.g. YaRN) to train on it")
+
+
 def last_hidden_states(model, input_ids, attention_mask):
-    """Final-norm hidden states [B, L, H] from the decoder body: the LM head is never applied."""
+    """Final-norm hidden states [B, L, H] from the decoder body: the LM head is never applied, so no
+    [L, V] logits exist. Without padding the mask is dropped, so attention runs as a causal kernel
+    (SDPA / flash) with no [L, L] mask."""
+    check_length(model, input_ids.shape[1])
+    if bool(attention_mask.all()):
+        attention_mask = None
     return model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -1,0 +1,223 @@
+"""One RLSD training step on a long response: `make bench-long-step` (`python -m benchmarks.long_step`).
+
+The model has the Qwen2.5-0.5B architecture and vocabulary (Qwen2Config: H 896, V 151936, 14 heads
+/ 2 KV heads, FFN 4864, tied embeddings), random weights and ``--layers`` decoder layers (24 in the
+real model). One prompt, one response of each ``--lengths``; the trainer's own code does the step
+(python/rlsd): gradient checkpointing, SDPA attention, the student's hidden states at the response
+positions, a live teacher (privileged prompt + the same response, no grad, hidden states only), the
+LM-head loss, then the student's backward and AdamW. Each (length, head) runs in a fresh process,
+after a warm-up step at 256 tokens (optimizer state allocated, extensions loaded): the time of each
+part and the peak memory of the step (CPU: resident set, VmHWM reset before the step; CUDA:
+``max_memory_allocated``). The fused head is ``rlsd_loss``'s default impl; the eager head
+(``impl="eager"``) runs where its estimated need fits, else its row says "out of memory (needs N
+GiB)". That need is the suite's estimate of the eager loss (benchmarks/providers.py) plus weights,
+gradients and AdamW state; where eager ran at a shorter length, the loss's share is scaled by the
+ratio measured there (in a whole step eager holds more [N, V] buffers than the loss alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+
+QWEN = dict(hidden_size=896, vocab_size=151936, num_attention_heads=14, num_key_value_heads=2,
+            intermediate_size=4864, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu")
+PROMPT_TOKENS = 64        # the student's prompt
+PRIVILEGED_TOKENS = 192   # the teacher's prompt: the same prompt plus a reference
+WARMUP_TOKENS = 256
+PARTS = ("student_forward", "teacher", "loss", "student_backward", "optimizer")
+HEADS = {"fused": "auto", "eager": "eager"}
+FIELDS = ["response_tokens", "head", "status", "step_s", *[f"{p}_s" for p in PARTS], "peak_gib",
+          "peak_above_state_gib", "state_gib", "peak_part", "layers", "device", "device_name", "threads",
+          "torch", "timestamp"]
+
+
+def model_config(layers: int, length: int):
+    """Qwen2.5-0.5B's shape with ``layers`` layers; positions cover prompt + response. With default
+    RoPE the position limit changes no computation (see docs/long-traces.md for real models)."""
+    from transformers import Qwen2Config
+    return Qwen2Config(num_hidden_layers=layers, max_position_embeddings=max(32768, PRIVILEGED_TOKENS + length),
+                       rope_theta=1e6, use_cache=False, **QWEN)
+
+
+def state_bytes(layers: int) -> int:
+    """Float32 weights, gradients and AdamW's two moments."""
+    from transformers import Qwen2ForCausalLM
+    with torch.device("meta"):
+        n = sum(p.numel() for p in Qwen2ForCausalLM(model_config(layers, 0)).parameters())
+    return 4 * 4 * n
+
+
+def eager_loss_bytes(length: int) -> int:
+    """The suite's estimate of the eager loss's peak above its inputs at this head."""
+    from benchmarks.inputs import Shape
+    from benchmarks.providers import registry
+    return registry()["eager"].extra_bytes(Shape(length, QWEN["hidden_size"], QWEN["vocab_size"]))
+
+
+# -------------------------------------------------------------------------------------------- child
+
+class Step:
+    """The model, its optimizer and the teacher; ``run(length)`` is one training step, timed by part."""
+
+    def __init__(self, layers: int, length: int, impl: str, device: torch.device, seed: int = 0):
+        from transformers import Qwen2ForCausalLM
+        from rlsd.config import ModelConfig, TeacherConfig
+        from rlsd.model import prepare_model
+        from rlsd.teacher import Teacher
+        torch.manual_seed(seed)
+        self.device, self.impl, self.seed = device, impl, seed
+        model = Qwen2ForCausalLM(model_config(layers, length))
+        self.model = prepare_model(model, ModelConfig(dtype="float32", gradient_checkpointing=True), device)
+        self.teacher = Teacher(self.model, TeacherConfig(sync="live"))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-6)
+        self.marks = {}
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _part(self, name, t0, peak):
+        self._sync()
+        self.marks[name] = (time.perf_counter() - t0, peak())
+        return time.perf_counter()
+
+    def run(self, length: int, peak=lambda: 0) -> dict:
+        """{part: (seconds, peak bytes so far)} of one step on a ``length``-token response."""
+        from rlsd.batch import response_hidden
+        from rlsd.model import lm_head
+        from rlsd_kernels import rlsd_loss
+        g = torch.Generator().manual_seed(self.seed + length)
+        V = self.model.config.vocab_size
+        prompt = torch.randint(0, V, (PROMPT_TOKENS,), generator=g).tolist()
+        privileged = prompt + torch.randint(0, V, (PRIVILEGED_TOKENS - PROMPT_TOKENS,), generator=g).tolist()
+        response = torch.randint(0, V, (length,), generator=g).tolist()
+        self.marks = {}
+        self._sync()
+        t = time.perf_counter()
+        hidden, targets, mask = response_hidden(self.model, [prompt], [response], 0, self.device)
+        t = self._part("student_forward", t, peak)
+        h_t, (weight, bias) = self.teacher.hidden([privileged], [response], 0, self.device)
+        t = self._part("teacher", t, peak)
+        h = hidden.detach().requires_grad_()
+        loss, _ = rlsd_loss(h, weight, targets, torch.ones(1, device=self.device), mask, teacher_hidden=h_t,
+                            bias=bias, impl=self.impl)
+        loss.backward()
+        t = self._part("loss", t, peak)
+        hidden.backward(h.grad)
+        del hidden, h, h_t
+        t = self._part("student_backward", t, peak)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._part("optimizer", t, peak)
+        return dict(self.marks)
+
+
+def child(spec: dict) -> dict:
+    from benchmarks.measure import peak_bytes, release_free_memory, reset_peak
+    device = torch.device(spec["device"])
+    step = Step(spec["layers"], spec["length"], HEADS[spec["head"]], device)
+    step.run(WARMUP_TOKENS)
+    release_free_memory()
+    state = reset_peak(device)
+    marks = step.run(spec["length"], peak=lambda: peak_bytes(device))
+    peak = peak_bytes(device)
+    return dict(parts={p: s for p, (s, _) in marks.items()}, peak=peak, state=state,
+                peak_part=next(p for p, (_, b) in marks.items() if b >= peak),
+                maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+# ------------------------------------------------------------------------------------------- parent
+
+def run_case(args, length: int, head: str, env: dict, scale: float = 1.0) -> dict:
+    """One (length, head) in a fresh process; eager only if ``scale`` x its estimate fits."""
+    from benchmarks import measure
+    from benchmarks.suite import FIT_FRACTION, gib
+    row = dict(response_tokens=length, head=head, **env)
+    if head == "eager":
+        need = state_bytes(args.layers) + scale * eager_loss_bytes(length)
+        budget = measure.available_bytes(args.device)
+        if need > FIT_FRACTION * budget:
+            return dict(row, status=f"out of memory (needs {gib(need)}, {gib(budget)} available)")
+    spec = dict(layers=args.layers, length=length, head=head, device=args.device)
+    try:
+        res = measure.run_child("benchmarks.long_step", spec)
+    except measure.ChildFailed as e:
+        return dict(row, status=f"failed: {e}")
+    row.update(status="ok", step_s=round(sum(res["parts"].values()), 2), peak_part=res["peak_part"],
+               peak_gib=round(res["peak"] / 2 ** 30, 2), state_gib=round(res["state"] / 2 ** 30, 2),
+               peak_above_state_gib=round((res["peak"] - res["state"]) / 2 ** 30, 2))
+    row.update({f"{p}_s": round(s, 2) for p, s in res["parts"].items()})
+    return row
+
+
+def markdown(rows: list, args, env: dict, wall: float) -> str:
+    head = ["response tokens", "head", "step s", "student fwd", "teacher", "loss fwd+bwd", "student bwd",
+            "optimizer", "peak GiB", "above state GiB", "peak in"]
+    lines = [f"One RLSD training step, Qwen2.5-0.5B architecture and vocabulary with {args.layers} decoder "
+             f"layer(s) (random weights, float32), gradient checkpointing, SDPA attention, live teacher; "
+             f"prompt {PROMPT_TOKENS} tokens, privileged prompt {PRIVILEGED_TOKENS}.",
+             "",
+             f"Device: {env['device_name']}; torch {env['torch']}; {env['timestamp']}; whole run {wall / 60:.1f} min."
+             + (f" {args.note}" if args.note else ""),
+             "Peak: CPU resident set (VmHWM, reset after the warm-up) / CUDA max allocated, of the whole process "
+             "during the step; state = what the process held before it (weights, AdamW state, libraries).",
+             "Eager's need where not run: the suite's estimate of the eager loss, scaled by measured / estimated at "
+             "the longest length where eager ran, plus float32 weights, gradients and AdamW state.",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['response_tokens']} | {r['head']} | {r['status']} |" + " |" * (len(head) - 3))
+            continue
+        cells = [r["response_tokens"], r["head"], r["step_s"], *[r[f"{p}_s"] for p in PARTS], r["peak_gib"],
+                 r["peak_above_state_gib"], r["peak_part"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.long_step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="2048,8192,16384,32768",
+                    help="comma-separated response lengths (2048: where eager fits on a 24 GiB machine)")
+    ap.add_argument("--layers", type=int, default=1, help="decoder layers (Qwen2.5-0.5B has 24)")
+    ap.add_argument("--heads", default="eager,fused", help="comma-separated: fused (default impl), eager")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--results", default="benchmarks/results", help="folder for long_step.csv and .md")
+    ap.add_argument("--note", default="", help="conditions of the run, copied into the table's header")
+    args = ap.parse_args(argv)
+    from benchmarks.suite import device_name
+    env = dict(layers=args.layers, device=args.device, device_name=device_name(torch.device(args.device)),
+               threads=torch.get_num_threads(), torch=torch.__version__,
+               timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    rows, scale, start = [], 1.0, time.perf_counter()
+    for length in sorted(int(v) for v in args.lengths.split(",") if v):
+        for head in args.heads.split(","):
+            rows.append(run_case(args, length, head, env, scale))
+            print(json.dumps(rows[-1]), flush=True)
+            if head == "eager" and rows[-1]["status"] == "ok":  # measured / estimated, for longer lengths
+                scale = max(1.0, rows[-1]["peak_above_state_gib"] * 2 ** 30 / eager_loss_bytes(length))
+    text = markdown(rows, args, env, time.perf_counter() - start)
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "long_step.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(args.results, "long_step.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
+        print(json.dumps(child(json.loads(sys.argv[1]))))
+    else:
+        main()
