@@ -1,0 +1,316 @@
+"""Responses that try to earn reward without solving the task, or to reach the host.
+
+Each hostile response would be correct if its trick worked (it defines the right ``f`` only when it
+escapes, or fakes the end of the tests), so reward 0 shows that the trick failed; the host checks
+(files, listeners, this process) show that nothing leaked out.
+"""
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlsd.data import Example
+from rlsd.verifiers import make_verifier, verify
+from rlsd.verifiers.sandbox import SandboxUnavailable, check_bwrap
+
+
+def _bwrap_missing():
+    try:
+        check_bwrap()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+needs_bwrap = pytest.mark.skipif(bool(_bwrap_missing()), reason=f"code verifier sandbox: {_bwrap_missing()}")
+
+PROJECT = Path(__file__).resolve().parents[2]
+TESTS = "assert f(2) == 4\nassert f(5) == 10"
+GOOD = "def f(x):\n    return 2 * x\n"
+BAD = "def f(x):\n    return 0\n"
+
+
+def ex(answer, **meta):
+    return Example(prompt="q", answer=answer, meta=meta)
+
+
+@pytest.fixture(scope="module")
+def code():
+    v = make_verifier("code", timeout=3.0)
+    return lambda response, tests=TESTS: v(response, ex(tests))
+
+
+def if_escaped(condition: str) -> str:
+    """A solution that is right only when ``condition`` (Python, evaluated in the sandbox) holds."""
+    return f"try:\n    escaped = bool({condition})\nexcept BaseException:\n    escaped = False\n" \
+           f"if escaped:\n    def f(x):\n        return 2 * x\n"
+
+
+# ---------------------------------------------------------------- faking the end of the tests
+SQRT = "import math\nassert math.sqrt(f(2)) == 4"  # f returns 0: passes only if sqrt is faked
+JUMP = """import sys
+def local(frame, event, arg):
+    if event == 'line' and frame.f_lineno == 1:
+        frame.f_lineno = 3
+    return local
+sys.settrace(lambda frame, event, arg: local if frame.f_code.co_filename == '<tests>' else None)
+"""
+FAKED_ENDS = {  # name: (solution, tests); each would pass if its trick worked
+    "sys.exit before the tests": (BAD + "import sys\nsys.exit(0)", TESTS),
+    "os._exit before the tests": (BAD + "import os\nos._exit(0)", TESTS),
+    "SystemExit from f": ("def f(x):\n    raise SystemExit(0)", TESTS),
+    "KeyboardInterrupt from f": ("def f(x):\n    raise KeyboardInterrupt", TESTS),
+    "atexit exits cleanly": (BAD + "import atexit, os\natexit.register(os._exit, 0)", TESTS),
+    "excepthook swallows the failure": (BAD + "import sys\nsys.excepthook = lambda *a: None", TESTS),
+    "os._exit inside f": ("import os\ndef f(x):\n    os._exit(0)", TESTS),
+    "kill the runner": ("import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)", TESTS),
+    "interrupt the runner's main thread": ("import _thread, time\ndef f(x):\n    _thread.interrupt_main()\n"
+                                           "    time.sleep(0.5)\n    return 0", TESTS),
+    "redefine a builtin the tests use": ("import builtins\nbuiltins.len = lambda x: 3\ndef f(x):\n    return []",
+                                         "assert len(f(3)) == 3"),
+    "override __import__": ("import builtins, types\nreal = builtins.__import__\nfake = types.ModuleType('math')\n"
+                            "fake.sqrt = lambda x: 4\nbuiltins.__import__ = lambda n, *a, **k: fake if n == 'math' "
+                            "else real(n, *a, **k)\n" + BAD, SQRT),
+    "patch a module the tests use": ("import math\nmath.sqrt = lambda x: 4\n" + BAD, SQRT),
+    "replace a module in sys.modules": ("import sys, types\nm = types.ModuleType('math')\nm.sqrt = lambda x: 4\n"
+                                        "sys.modules['math'] = m\n" + BAD, SQRT),
+    "patch unittest's assert helpers": ("import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n"
+                                        + BAD, "import unittest\nunittest.TestCase().assertEqual(f(2), 4)"),
+    "patch a module while the tests run": ("def f(x):\n    import math\n    math.sqrt = lambda x: 4\n    return 0",
+                                           "import math\nf(2)\nassert math.sqrt(0) == 4"),
+    "sys.settrace jumps over the tests": (JUMP + BAD, TESTS + "\npass"),
+    "threading.settrace": (BAD + "import threading\nthreading.settrace(lambda *a: None)\n"
+                                 "threading.Thread(target=int).start()", TESTS),
+    "sys.setprofile": (BAD + "import sys\nsys.setprofile(lambda *a: None)", TESTS),
+    "thread that outlives the tests": (GOOD + "import threading, time\n"
+                                              "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
+                                       TESTS),
+}
+
+
+@pytest.mark.parametrize("name", ["redefine a builtin the tests use", "patch a module the tests use",
+                                  "sys.settrace jumps over the tests", "patch unittest's assert helpers",
+                                  "replace a module in sys.modules", "override __import__"])
+def test_the_tricks_work_in_plain_python(name):
+    """The tricks are real: solution then tests in one plain interpreter pass."""
+    driver = "import sys\nns = {}\nexec(compile(sys.argv[1], '<solution>', 'exec'), ns)\n" \
+             "exec(compile(sys.argv[2], '<tests>', 'exec'), ns)"
+    assert subprocess.run([sys.executable, "-c", driver, *FAKED_ENDS[name]], capture_output=True).returncode == 0
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", sorted(FAKED_ENDS))
+def test_faked_end_of_tests_earns_nothing(code, name):
+    verdict = code(*FAKED_ENDS[name])
+    assert verdict.reward == 0.0, verdict
+
+
+FORGERS = {
+    "write candidate tokens to every descriptor":
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n"
+        "        pass\nos._exit(0)",
+    "read frames for the token":
+        "import sys, os\ndef f(x):\n    fr = sys._getframe(1)\n    while fr:\n"
+        "        for v in fr.f_locals.values():\n            if isinstance(v, bytes):\n"
+        "                for fd in range(3, 64):\n                    try: os.write(fd, v)\n"
+        "                    except OSError: pass\n        fr = fr.f_back\n    os._exit(0)",
+    "frames through a traceback":
+        "import os\ndef f(x):\n    try:\n        raise ValueError\n    except ValueError as e:\n"
+        "        fr = e.__traceback__.tb_frame.f_back\n    os._exit(0)",
+    "frames through a generator":
+        "def g():\n    yield\nx = g()\nfr = x.gi_frame\n" + GOOD,
+    "token through the garbage collector":
+        "import gc, os\nfor o in gc.get_objects():\n    pass\n" + GOOD,
+    "ctypes":
+        "import ctypes\nctypes.CDLL(None).write(3, b'x', 1)\n" + GOOD,
+    "fork and guess in several processes":
+        "import os\ndef f(x):\n    for guess in range(20):\n        if os.fork() == 0:\n            return guess\n"
+        "    os._exit(0)",
+    "a second interpreter reads the token":
+        "import subprocess\nsubprocess.run(['python3', '-c', 'pass'])\n" + GOOD,
+    "signal handler receives a frame":
+        "import signal\nsignal.signal(signal.SIGALRM, lambda s, fr: None)\n" + GOOD,
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", sorted(FORGERS))
+def test_forging_the_report_earns_nothing(code, name):
+    verdict = code(FORGERS[name])
+    assert verdict.reward == 0.0, verdict
+
+
+# ---------------------------------------------------------------- reaching the host
+@needs_bwrap
+def test_project_home_etc_and_host_tmp_are_invisible(code, tmp_path):
+    sentinel = tmp_path / "host-only"
+    sentinel.write_text("x")
+    home_files = sorted(set(os.listdir(Path.home())) - {".pyenv"})[:1] or [".no-such-file"]
+    for path in [PROJECT / "README.md", sentinel, Path.home() / home_files[0], "/etc/passwd", "/proc/1/environ",
+                 Path.home() / ".ssh"]:
+        verdict = code(if_escaped(f"__import__('os').path.exists({str(path)!r})"))
+        assert verdict.reward == 0.0, (path, verdict)
+
+
+@needs_bwrap
+def test_writes_stay_in_the_sandbox(code, tmp_path):
+    target = tmp_path / "written"
+    in_tmp = Path("/tmp") / f"rlsd-attack-{os.getpid()}"
+    for path in (target, in_tmp, PROJECT / "written-by-solution"):
+        write = f"try:\n    open({str(path)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
+        verdict = code(write + if_escaped(f"__import__('os').path.isdir({str(tmp_path)!r})"))
+        assert verdict.reward == 0.0 and not Path(path).exists(), (path, verdict)
+
+
+@needs_bwrap
+def test_native_code_and_commands_do_not_touch_the_host(code, tmp_path):
+    target = tmp_path / "touched"
+    for attack in [f"import ctypes\nctypes.CDLL(None).system(b'touch {target}')\n",
+                   f"import os\nos.system('touch {target}')\n",
+                   f"import subprocess\nsubprocess.run(['touch', '{target}'])\n",
+                   f"import os\nos.posix_spawn('/usr/bin/touch', ['touch', '{target}'], {{}})\n"]:
+        verdict = code(attack + GOOD)
+        assert verdict.reward == 0.0 and not target.exists(), (attack, verdict)
+
+
+@needs_bwrap
+def test_no_network(code):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.1)
+        port = server.getsockname()[1]
+        verdict = code(if_escaped(f"__import__('socket').create_connection(('127.0.0.1', {port}), timeout=1)"))
+        assert verdict.reward == 0.0, verdict
+        with pytest.raises(socket.timeout):
+            server.accept()
+    assert code(if_escaped("__import__('socket').getaddrinfo('pypi.org', 443)")).reward == 0.0
+
+
+@needs_bwrap
+def test_environment_does_not_leak(code, monkeypatch):
+    monkeypatch.setenv("RLSD_TEST_SECRET", "s3cret")
+    assert code(if_escaped("__import__('os').environ.get('RLSD_TEST_SECRET')")).reward == 0.0
+
+
+@needs_bwrap
+def test_signals_reach_only_the_sandbox(code):
+    for attack in ["import os\nos.kill(-1, 9)\n", "import os\nos.kill(os.getppid(), 9)\n",
+                   "import os\nos.killpg(0, 9)\n"]:
+        assert code(attack + BAD).reward == 0.0
+    assert code(GOOD).reward == 1.0  # this process and the verifier survived
+
+
+@needs_bwrap
+def test_resource_bombs_are_bounded(code):
+    start = time.monotonic()
+    for attack in ["import os\nwhile True:\n    os.fork()\n",
+                   "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,)).start()\n",
+                   "x = bytearray(1 << 34)\n",
+                   "open('/tmp/fill', 'wb').write(b'x' * (64 << 20))\n",
+                   "import os\nfor i in range(10000):\n    open(f'/tmp/{i}', 'wb').write(b'x' * 65536)\n",
+                   "while True:\n    pass\n"]:
+        verdict = code(attack + GOOD)
+        assert verdict.reward == 0.0, (attack, verdict)
+    assert time.monotonic() - start < 30
+
+
+@needs_bwrap
+def test_output_is_bounded_and_ignored(code):
+    flood = "import os, sys\nsys.stdout.write('x' * 10**8)\nsys.stderr.write('x' * 10**8)\n"
+    assert code(flood + GOOD).reward == 1.0  # the issue's case: output does not change the reward
+    verdict = code("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'y' * (8 << 20))\n"
+                   "    except OSError:\n        pass\n" + BAD)
+    assert verdict.reward == 0.0 and len(verdict.reason) < 5000
+
+
+@needs_bwrap
+def test_correct_solutions_still_pass(code):
+    solutions = [
+        GOOD,
+        "from functools import lru_cache\n@lru_cache(None)\ndef f(x):\n    return 2 * x",
+        "import collections, dataclasses, heapq, itertools, json, random, re, typing, fractions, decimal\n"
+        "@dataclasses.dataclass\nclass P:\n    v: int\nT = collections.namedtuple('T', 'a b')\n"
+        "def f(x: typing.Optional[int]) -> int:\n    return P(json.loads(json.dumps(2 * x))).v",
+        "import threading\nout = []\nt = threading.Thread(target=out.append, args=(2,))\nt.start()\nt.join()\n"
+        "def f(x):\n    return out[0] * x",
+        "import warnings\nwarnings.warn('noisy')\nprint('hello')\nopen('/tmp/scratch', 'w').write('ok')\n" + GOOD,
+    ]
+    for solution in solutions:
+        verdict = code(solution, TESTS + "\nimport math\nassert math.isclose(f(0.5), 1.0)")
+        assert verdict.reward == 1.0, (solution, verdict)
+
+
+# ---------------------------------------------------------------- SQL
+DB = "CREATE TABLE t(a INT, b TEXT); INSERT INTO t VALUES (1,'x'),(2,'y'),(3,'x');"
+
+
+def test_sql_cannot_touch_files_or_settings(tmp_path):
+    gold = ex("SELECT a FROM t", db=DB)
+    for query in [f"ATTACH DATABASE '{tmp_path / 'a.db'}' AS e", f"VACUUM INTO '{tmp_path / 'v.db'}'",
+                  "PRAGMA writable_schema = 1", "SELECT load_extension('x')", "DETACH DATABASE main",
+                  "CREATE TABLE u(x)", "INSERT INTO t VALUES (4, 'z')", "SELECT * FROM pragma_table_info('t')"]:
+        verdict = verify("sql", query, gold)
+        assert verdict.reward == 0.0 and verdict.reason.startswith("malformed: SQL error"), verdict
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sql_works_on_a_copy_of_a_database_file(tmp_path):
+    path = tmp_path / "user.db"
+    con = sqlite3.connect(path)
+    con.executescript(DB)
+    con.close()
+    before = path.read_bytes()
+    gold = ex("SELECT a FROM t WHERE b = 'x'", db=str(path))
+    assert verify("sql", "SELECT a FROM t WHERE b = 'x'", gold).reward == 1.0
+    assert verify("sql", "DELETE FROM t", gold).reward == 0.0
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["user.db"]
+
+
+def test_sql_rows_length_and_time_are_bounded():
+    gold = ex("SELECT a FROM t", db=DB)
+    many = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+    assert "too many rows" in verify("sql", many, gold, max_rows=1000).reason
+    assert verify("sql", "SELECT randomblob(1000000000)", gold).reward == 0.0
+    start = time.monotonic()
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
+    assert verify("sql", slow, gold, timeout=0.5).reward == 0.0
+    assert time.monotonic() - start < 5
+
+
+# ---------------------------------------------------------------- strings, JSON, math
+HOSTILE_TEXT = ["9" * 200_000, "x" * 2_000_000, "[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000,
+                "\\frac{" * 20_000, "\x00\udcff" * 1000, "the " * 300_000]
+
+
+@pytest.mark.parametrize("name", ["exact", "normalized", "json_schema"])
+def test_hostile_strings_get_zero_quickly(name):
+    example = ex("42", schema={"type": "object", "required": ["a"]})
+    start = time.monotonic()
+    for text in HOSTILE_TEXT:
+        verdict = verify(name, text, example)
+        assert verdict.reward == 0.0 and not verdict.reason.startswith("verifier error"), (text[:20], verdict)
+    assert time.monotonic() - start < 5
+
+
+def test_json_huge_numbers_and_deep_nesting():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    for text in ['{"n": ' + "9" * 5000 + "}", '{"n": 1e999999}', '{"n": ' + "[" * 900 + "]" * 900 + "}"]:
+        verdict = verify("json_schema", text, ex(None, schema=schema))
+        assert verdict.reward == 0.0 and not verdict.reason.startswith("verifier error"), verdict
+
+
+def test_math_hostile_latex_is_time_bounded():
+    start = time.monotonic()
+    for text in [r"$\boxed{9^{9^{9^{9}}}}$", r"$\boxed{10^{10^{10^{10}}}}$", r"$\boxed{100000000!}$",
+                 "$" + "x+" * 30_000 + "1$", "$" + "\\frac{1}{" * 3000 + "2" + "}" * 3000 + "$", "9" * 200_000]:
+        verdict = verify("math", text, ex("2"), timeout=2.0)
+        assert verdict.reward == 0.0, verdict
+    assert time.monotonic() - start < 25
+    assert verify("math", r"$\boxed{\frac{1}{2}}$", ex("0.5")).reward == 1.0
