@@ -285,7 +285,8 @@ class Trainer:
         path = path or latest_checkpoint(self.cfg.train.output_dir)
         if path is None:
             return self.step
-        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, sampler=self.sampler)
+        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, sampler=self.sampler,
+                                config=config_to_dict(self.cfg))
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         if self.ref is not None:
