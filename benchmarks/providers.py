@@ -1,4 +1,4 @@
-"""What is benchmarked: every provider computes the same RLSD loss (lam=1, SPEC defaults, token-mean)
+"""What is benchmarked: every provider computes the same RLSD loss (lam=1, the default options, token-mean)
 from the same inputs (:func:`benchmarks.inputs.make_inputs`) and returns the gradients of hidden and
 weight; only how the log-probs are taken differs.
 
@@ -41,7 +41,7 @@ from benchmarks.measure import Step
 
 MODES = ("forward", "backward", "full")
 KERNEL = "rlsd_loss"
-CFG = RLSDConfig(lam=1.0)  # SPEC defaults: eps_w 0.2, eps_low 0.2, eps_high 0.28, no KL, no entropy
+CFG = RLSDConfig(lam=1.0)  # defaults (docs/math.md): eps_w 0.2, eps_low 0.2, eps_high 0.28, no KL, no entropy
 FLOOR_CHUNK_BYTES = 512 * MiB  # the floor's logits buffer: [N, V] up to this size, else row chunks
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
 

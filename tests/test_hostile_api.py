@@ -245,7 +245,9 @@ def test_finite_values_whose_sum_overflows_are_accepted():
     case = small()
     hidden = case.hidden.detach().clone()
     hidden[0, 0, :] = 3e38  # finite, but the float32 sum overflows
-    loss, _ = call_rlsd(rlsd_args(case, hidden=hidden, mask=torch.ones_like(case.mask).index_fill_(1, torch.tensor([0]), 0)))
+    mask = torch.ones_like(case.mask)
+    mask[0, 0] = 0  # ... and its logits would be inf, so the token is masked
+    loss, _ = call_rlsd(rlsd_args(case, hidden=hidden, mask=mask))
     assert torch.isfinite(loss)
 
 
