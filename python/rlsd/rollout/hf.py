@@ -1,10 +1,37 @@
-"""Rollouts with Hugging Face ``generate`` on the training model itself (weights always in sync)."""
+"""Rollouts with Hugging Face ``generate`` on the training model itself (weights always in sync).
+
+The sampled tokens' log-probs are gathered step by step (:class:`TokenLogprobs`): only one [B, V]
+row of scores is alive at a time, never the [B, T, V] of ``output_scores``.
+"""
 
 from __future__ import annotations
 
 import torch
+from transformers import LogitsProcessor
 
 from . import Rollout
+
+
+class TokenLogprobs(LogitsProcessor):
+    """Records ``log softmax(z / tau)[y_t]`` of each sampled token, the quantity of the trainer's loss.
+    Called before sampling step t with the tokens up to t - 1: it gathers the previous step's row."""
+
+    def __init__(self, temperature: float):
+        self.temperature, self.prev, self.rows = temperature, None, []
+
+    def __call__(self, input_ids, scores):
+        if self.prev is not None:
+            self.rows.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        z = scores / self.temperature if self.temperature > 0 else scores
+        self.prev = torch.log_softmax(z.float(), -1)
+        return scores
+
+    def finish(self, new_tokens) -> torch.Tensor:
+        """[B, T] log-probs of ``new_tokens`` [B, T] (the generated part of the sequences)."""
+        if self.prev is not None and new_tokens.shape[1] > len(self.rows):
+            self.rows.append(self.prev.gather(-1, new_tokens[:, len(self.rows)].unsqueeze(-1)).squeeze(-1))
+        self.prev = None
+        return torch.stack(self.rows, 1) if self.rows else torch.zeros(new_tokens.shape[0], 0)
 
 
 class HFEngine:
@@ -36,20 +63,19 @@ class HFEngine:
             ids[i, P - len(p):] = torch.tensor(p)
             attn[i, P - len(p):] = 1
         sample = temperature > 0
+        record = TokenLogprobs(temperature if sample else 0.0)
         was_training = self.model.training
         self.model.eval()
         try:
-            res = self.model.generate(
+            sequences = self.model.generate(
                 input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
                 do_sample=sample, temperature=temperature if sample else None, top_k=0, top_p=1.0,
-                eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True,
-                output_scores=True, return_dict_in_generate=True)
+                eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True, logits_processor=[record])
         finally:
             self.model.train(was_training)
-        new = res.sequences[:, P:].cpu()
-        # scores are the processed logits (already divided by the temperature)
-        logps = torch.stack([torch.log_softmax(s.float(), -1) for s in res.scores], 1).cpu()
-        tok_lp = logps.gather(-1, new[:, :logps.shape[1]].unsqueeze(-1)).squeeze(-1)
+        new = sequences[:, P:]
+        tok_lp = record.finish(new).cpu()
+        new = new.cpu()
         rollouts = []
         for i, p in enumerate(prompts):
             row = new[i].tolist()

@@ -16,6 +16,19 @@ import weakref
 
 from . import Rollout
 
+PROMPT_TOKENS = 4096   # prompt length budgeted beside max_new_tokens when max_model_len is not given
+KV_CACHE_MIN = 256 << 20
+
+
+def engine_limits(config, dtype_bytes: int, max_new_tokens: int, max_model_len: int = 0) -> dict:
+    """vLLM's ``max_model_len`` (prompt + response, at most the model's ``max_position_embeddings``)
+    and a KV cache that holds at least one sequence of that length (vLLM refuses to start otherwise)."""
+    length = max_model_len or min(config.max_position_embeddings, PROMPT_TOKENS + max_new_tokens)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    return {"max_model_len": length, "kv_cache_memory_bytes": max(KV_CACHE_MIN, int(1.1 * per_token * length))}
+
 
 class VLLMEngine:
     def __init__(self, model, tokenizer, max_new_tokens: int = 256, max_model_len: int = 0, **llm_options):
@@ -30,10 +43,10 @@ class VLLMEngine:
         weakref.finalize(self, shutil.rmtree, self.dir, True)
         model.save_pretrained(self.dir)
         tokenizer.save_pretrained(self.dir)
-        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        options = {"dtype": dtype, "seed": 0, "enforce_eager": True, "logprobs_mode": "processed_logprobs",
-                   "gpu_memory_utilization": 0.05, "kv_cache_memory_bytes": 256 << 20,
-                   "max_model_len": max_model_len or min(model.config.max_position_embeddings, 4096),
+        param = next(model.parameters())
+        options = {"dtype": str(param.dtype).replace("torch.", ""), "seed": 0, "enforce_eager": True,
+                   "logprobs_mode": "processed_logprobs", "gpu_memory_utilization": 0.05,
+                   **engine_limits(model.config, param.element_size(), max_new_tokens, max_model_len),
                    **llm_options}
         self.llm = LLM(model=self.dir, tokenizer=self.dir, **options)
 
