@@ -19,6 +19,8 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <sstream>
+#include <string>
 #include <tuple>
 
 namespace {
@@ -128,49 +130,60 @@ static inline void dlogits_one(float* row, int64_t V, int64_t y, float lse, floa
   row[y] -= a;
 }
 
-void check_chunk(const at::Tensor& z, const at::Tensor& targets) {
-  TORCH_CHECK(z.dim() == 2, "z must be 2-D [n, V], got ", z.dim(), " dims");
-  TORCH_CHECK(z.scalar_type() == at::kFloat, "z must be float32, got ", z.scalar_type());
-  TORCH_CHECK(z.device().is_cpu(), "z must be a CPU tensor");
-  TORCH_CHECK(z.is_contiguous(), "z must be contiguous");
-  TORCH_CHECK(z.size(1) > 0, "z must have V > 0 columns");
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == z.size(0), "targets must have shape [",
-              z.size(0), "], got ", targets.sizes());
-  TORCH_CHECK(targets.scalar_type() == at::kLong, "targets must be int64, got ",
-              targets.scalar_type());
-  TORCH_CHECK(targets.device().is_cpu() && targets.is_contiguous(),
-              "targets must be a contiguous CPU tensor");
+// Argument checks return a message ("" when the arguments are fine) instead of throwing: no C++
+// exception ever crosses into Python, whatever compiler and C++ runtime built this module.
+template <typename... Parts>
+std::string message(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+std::string check_chunk(const at::Tensor& z, const at::Tensor& targets) {
+  if (z.dim() != 2) return message("z must be 2-D [n, V], got ", z.dim(), " dims");
+  if (z.scalar_type() != at::kFloat) return message("z must be float32, got ", z.scalar_type());
+  if (!z.device().is_cpu()) return "z must be a CPU tensor";
+  if (!z.is_contiguous()) return "z must be contiguous";
+  if (z.size(1) <= 0) return "z must have V > 0 columns";
+  if (targets.dim() != 1 || targets.size(0) != z.size(0))
+    return message("targets must have shape [", z.size(0), "], got ", targets.sizes());
+  if (targets.scalar_type() != at::kLong) return message("targets must be int64, got ", targets.scalar_type());
+  if (!targets.device().is_cpu() || !targets.is_contiguous()) return "targets must be a contiguous CPU tensor";
   const int64_t n = z.size(0), V = z.size(1);
   const int64_t* y = targets.data_ptr<int64_t>();
   for (int64_t t = 0; t < n; ++t) {
-    TORCH_CHECK(y[t] >= 0 && y[t] < V, "targets[", t, "] = ", y[t], " is out of range [0, ", V,
-                ")");
+    if (y[t] < 0 || y[t] >= V) return message("targets[", t, "] = ", y[t], " is out of range [0, ", V, ")");
   }
+  return "";
 }
 
-void check_row_vector(const at::Tensor& x, const char* name, int64_t n) {
-  TORCH_CHECK(x.dim() == 1 && x.size(0) == n, name, " must have shape [", n, "], got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat, name, " must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), name,
-              " must be a contiguous CPU tensor");
+std::string check_row_vector(const at::Tensor& x, const char* name, int64_t n) {
+  if (x.dim() != 1 || x.size(0) != n) return message(name, " must have shape [", n, "], got ", x.sizes());
+  if (x.scalar_type() != at::kFloat) return message(name, " must be float32, got ", x.scalar_type());
+  if (!x.device().is_cpu() || !x.is_contiguous()) return message(name, " must be a contiguous CPU tensor");
+  return "";
+}
+
+std::string check_inv_tau(double inv_tau) {
+  if (inv_tau > 0.0 && std::isfinite(inv_tau)) return "";
+  return message("inv_tau must be finite and > 0, got ", inv_tau);
 }
 
 bool present(const std::optional<at::Tensor>& x) { return x.has_value() && x->defined() && x->numel() > 0; }
 
 }  // namespace
 
-// Returns (lp [n], lse [n], ent [n] or an empty tensor).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats(const at::Tensor& z,
-                                                         const at::Tensor& targets, double inv_tau,
-                                                         bool want_entropy) {
-  check_chunk(z, targets);
-  TORCH_CHECK(inv_tau > 0.0 && std::isfinite(inv_tau), "inv_tau must be finite and > 0, got ",
-              inv_tau);
-  const int64_t n = z.size(0), V = z.size(1);
-  auto opts = z.options();
-  at::Tensor lp = at::empty({n}, opts);
-  at::Tensor lse = at::empty({n}, opts);
-  at::Tensor ent = want_entropy ? at::empty({n}, opts) : at::empty({0}, opts);
+// Writes lp [n], lse [n] and, if want_entropy, ent [n] (float32, allocated by the caller).
+// Returns "" or what is wrong with the arguments (nothing is written then).
+std::string row_stats(const at::Tensor& z, const at::Tensor& targets, double inv_tau, bool want_entropy,
+                      at::Tensor& lp, at::Tensor& lse, at::Tensor& ent) {
+  std::string err = check_chunk(z, targets);
+  if (err.empty()) err = check_inv_tau(inv_tau);
+  const int64_t n = err.empty() ? z.size(0) : 0, V = err.empty() ? z.size(1) : 0;
+  if (err.empty()) err = check_row_vector(lp, "lp", n);
+  if (err.empty()) err = check_row_vector(lse, "lse", n);
+  if (err.empty() && want_entropy) err = check_row_vector(ent, "ent", n);
+  if (!err.empty()) return err;
 
   const float* zp = z.data_ptr<float>();
   const int64_t* y = targets.data_ptr<int64_t>();
@@ -188,25 +201,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats(const at::Tensor& z,
       if (want_entropy) entp[t] = st.ent;
     }
   });
-  return {lp, lse, ent};
+  return "";
 }
 
 // Overwrites z with dz. g_ent / ent: None or empty tensors skip the entropy term.
-void dlogits_(at::Tensor& z, const at::Tensor& targets, const at::Tensor& lse,
-              const at::Tensor& g_lp, const std::optional<at::Tensor>& g_ent,
-              const std::optional<at::Tensor>& ent, double inv_tau) {
-  check_chunk(z, targets);
-  TORCH_CHECK(inv_tau > 0.0 && std::isfinite(inv_tau), "inv_tau must be finite and > 0, got ",
-              inv_tau);
-  const int64_t n = z.size(0), V = z.size(1);
-  check_row_vector(lse, "lse", n);
-  check_row_vector(g_lp, "g_lp", n);
+// Returns "" or what is wrong with the arguments (z is untouched then).
+std::string dlogits_(at::Tensor& z, const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& g_lp,
+                     const std::optional<at::Tensor>& g_ent, const std::optional<at::Tensor>& ent, double inv_tau) {
+  std::string err = check_chunk(z, targets);
+  if (err.empty()) err = check_inv_tau(inv_tau);
+  const int64_t n = err.empty() ? z.size(0) : 0, V = err.empty() ? z.size(1) : 0;
+  if (err.empty()) err = check_row_vector(lse, "lse", n);
+  if (err.empty()) err = check_row_vector(g_lp, "g_lp", n);
   const bool with_ent = n > 0 && present(g_ent);
-  if (with_ent) {
-    check_row_vector(*g_ent, "g_ent", n);
-    TORCH_CHECK(present(ent), "ent is required when g_ent is given");
-    check_row_vector(*ent, "ent", n);
+  if (err.empty() && with_ent) {
+    err = check_row_vector(*g_ent, "g_ent", n);
+    if (err.empty()) err = present(ent) ? check_row_vector(*ent, "ent", n) : "ent is required when g_ent is given";
   }
+  if (!err.empty()) return err;
 
   float* zp = z.data_ptr<float>();
   const int64_t* y = targets.data_ptr<int64_t>();
@@ -222,14 +234,16 @@ void dlogits_(at::Tensor& z, const at::Tensor& targets, const at::Tensor& lse,
                   with_ent ? entp[t] : 0.0f, it, with_ent);
     }
   });
+  return "";
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rlsd_kernels CPU epilogues: row statistics and dlogits of log-softmax (CONTRACT.md)";
-  m.def("row_stats", &row_stats, py::arg("z"), py::arg("targets"), py::arg("inv_tau"),
-        py::arg("want_entropy"),
-        "(lp, lse, ent) per row of s = z * inv_tau; ent is empty unless want_entropy.");
+  m.def("row_stats", &row_stats, py::arg("z"), py::arg("targets"), py::arg("inv_tau"), py::arg("want_entropy"),
+        py::arg("lp"), py::arg("lse"), py::arg("ent"),
+        "Writes (lp, lse, ent) per row of s = z * inv_tau; returns '' or the argument error.");
   m.def("dlogits_", &dlogits_, py::arg("z"), py::arg("targets"), py::arg("lse"), py::arg("g_lp"),
         py::arg("g_ent"), py::arg("ent"), py::arg("inv_tau"),
-        "Overwrite z with dz = inv_tau * (g_lp (1[v=y] - p) - g_ent p (s - lse + ent)).");
+        "Overwrites z with dz = inv_tau * (g_lp (1[v=y] - p) - g_ent p (s - lse + ent)); returns '' or the "
+        "argument error.");
 }

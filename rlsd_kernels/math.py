@@ -25,7 +25,7 @@ LOG_RATIO_CLAMP = 20.0  # |lp - lp_old| beyond this is clamped before exp, as in
 
 @dataclass(frozen=True)
 class RLSDConfig:
-    """Scalar options of :func:`rlsd_kernels.rlsd_loss` (see SPEC: RLSD credit and surrogate)."""
+    """Scalar options of :func:`rlsd_kernels.rlsd_loss` (docs/math.md: RLSD credit, the clipped surrogate)."""
 
     lam: float = 1.0
     eps_w: float = 0.2

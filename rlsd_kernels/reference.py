@@ -1,8 +1,8 @@
-"""Eager references: materialise the [B, T, V] logits and follow SPEC.md line by line.
+"""Eager references: materialise the [B, T, V] logits and follow docs/math.md line by line.
 
-They are the truth every fused backend is tested against (run them in float64 for a tight one),
-and the ``impl="eager"`` baseline of the benchmarks. Arguments are as in :mod:`rlsd_kernels.api`,
-already checked there.
+They are the truth every backend (``impl="eager"`` included) is tested against: call them on
+float64 inputs for a tight one. Arguments are those of the public functions in
+:mod:`rlsd_kernels.api` (without ``impl``), unchecked.
 """
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ def _token_inputs(hidden, advantages, mask, agg, **optional):
     return tok
 
 
-def rlsd_loss(hidden, weight, targets, advantages, mask, *, cfg: RLSDConfig, teacher_hidden=None,
-              teacher_logprobs=None, bias=None, old_logprobs=None, ref_logprobs=None,
-              temperature=1.0, token_weights=None, credit_mask=None, loss_agg="token-mean",
-              normalizer=None):
-    """RLSD (lam > 0) / GRPO (lam = 0) loss and metrics, eagerly."""
-    lp, ent = linear_logprobs(hidden, weight, targets, bias, temperature, cfg.needs_entropy)
+def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None, bias=None,
+              old_logprobs=None, ref_logprobs=None, temperature=1.0, token_weights=None, credit_mask=None,
+              compute_entropy=False, loss_agg="token-mean", normalizer=None, **options):
+    """RLSD (lam > 0) / GRPO (lam = 0) loss and metrics, eagerly; ``options`` are RLSDConfig's."""
+    cfg = RLSDConfig(**options)
+    targets = targets.long()
+    if not cfg.needs_teacher:
+        teacher_hidden = teacher_logprobs = None
+    lp, ent = linear_logprobs(hidden, weight, targets, bias, temperature, cfg.needs_entropy or compute_entropy)
     if teacher_logprobs is None and teacher_hidden is not None:
         with torch.no_grad():
             teacher_logprobs, _ = linear_logprobs(teacher_hidden, weight, targets, bias, temperature)
@@ -61,6 +64,7 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
               form="sampled", beta=0.5, bias=None, temperature=1.0, token_weights=None,
               loss_agg="token-mean", normalizer=None):
     """OPSD baselines: sampled-token form, or the full-vocabulary generalised JSD."""
+    targets = targets.long()
     agg = aggregation_weights(mask, loss_agg, normalizer, _compute_dtype(hidden))
     if form == "jsd":
         z_s = logits(hidden, weight, bias, temperature)

@@ -57,7 +57,7 @@ def test_row_stats(n, V, inv_tau, want_entropy):
     if want_entropy:
         _close(ent, ent_t)
     else:
-        assert ent.numel() == 0
+        assert ent is None
 
 
 @pytest.mark.parametrize("n,V", SHAPES)
@@ -122,12 +122,12 @@ def test_extreme_logits_are_finite():
 
 def test_wrong_dtype():
     z, y = _inputs(3, 123, seed=0)
-    with pytest.raises(RuntimeError, match="z must be float32"):
+    with pytest.raises(ValueError, match="z must be float32"):
         cpp.row_stats(z.double(), y, 1.0, False)
-    with pytest.raises(RuntimeError, match="targets must be int64"):
+    with pytest.raises(ValueError, match="targets must be int64"):
         cpp.row_stats(z, y.int(), 1.0, False)
     lse = torch.zeros(3)
-    with pytest.raises(RuntimeError, match="g_lp must be float32"):
+    with pytest.raises(ValueError, match="g_lp must be float32"):
         cpp.dlogits_(z, y, lse, torch.zeros(3, dtype=torch.float64), None, None, 1.0)
 
 
@@ -135,21 +135,21 @@ def test_wrong_dtype():
 def test_out_of_range_target(bad):
     z, y = _inputs(3, 123, seed=0)
     y[1] = bad
-    with pytest.raises(RuntimeError, match=r"targets\[1\] = .* out of range \[0, 123\)"):
+    with pytest.raises(ValueError, match=r"targets\[1\] = .* out of range \[0, 123\)"):
         cpp.row_stats(z, y, 1.0, False)
-    with pytest.raises(RuntimeError, match=r"targets\[1\]"):
+    with pytest.raises(ValueError, match=r"targets\[1\]"):
         cpp.dlogits_(z, y, torch.zeros(3), torch.zeros(3), None, None, 1.0)
 
 
 def test_bad_layout_and_shapes():
     z, y = _inputs(3, 124, seed=0)
-    with pytest.raises(RuntimeError, match="z must be contiguous"):
+    with pytest.raises(ValueError, match="z must be contiguous"):
         cpp.row_stats(z[:, ::2], y, 1.0, False)
-    with pytest.raises(RuntimeError, match="targets must have shape"):
+    with pytest.raises(ValueError, match="targets must have shape"):
         cpp.row_stats(z, y[:2], 1.0, False)
-    with pytest.raises(RuntimeError, match="lse must have shape"):
+    with pytest.raises(ValueError, match="lse must have shape"):
         cpp.dlogits_(z, y, torch.zeros(2), torch.zeros(3), None, None, 1.0)
-    with pytest.raises(RuntimeError, match="ent is required"):
+    with pytest.raises(ValueError, match="ent is required"):
         cpp.dlogits_(z, y, torch.zeros(3), torch.zeros(3), torch.zeros(3), None, 1.0)
-    with pytest.raises(RuntimeError, match="inv_tau"):
+    with pytest.raises(ValueError, match="inv_tau"):
         cpp.row_stats(z, y, 0.0, False)

@@ -15,6 +15,7 @@ except ImportError:  # running from a checkout without an installed package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rlsd_kernels.ops import triton as tk  # noqa: E402
+from rlsd_kernels.ops.triton import logprobs as kernels  # noqa: E402
 
 if not tk.available():
     pytest.skip("triton kernels cannot run here (no CUDA, TRITON_INTERPRET unset)", allow_module_level=True)
@@ -74,7 +75,7 @@ def _close(got, want, tol, name):
 @pytest.mark.parametrize("inv_tau", [1.0, 1 / 0.7])
 def test_stats(dtype, bias, teacher, want_ent, inv_tau):
     h, W, b, y, ht = _inputs(7, 31, 123, dtype, bias, teacher)
-    lp, lse, ent, lpt = tk.linear_logprob_stats(h, W, b, y, inv_tau, want_ent, ht, **BLOCKS)
+    lp, lse, ent, lpt = kernels.linear_logprob_stats(h, W, b, y, inv_tau, want_ent, ht, **BLOCKS)
     ref = _ref(h, W, b, y, inv_tau, ht)
     tol = TOL[dtype]
     _close(lp, ref["lp"], tol, "lp")
@@ -92,7 +93,7 @@ def test_stats(dtype, bias, teacher, want_ent, inv_tau):
 def test_stats_multiblock_and_large_logits():
     # several token / vocab / H blocks, and logits ~ O(100) (online max rescaling must be exact)
     h, W, b, y, ht = _inputs(37, 40, 200, torch.float32, True, True, seed=1, scale=3.0)
-    lp, lse, ent, lpt = tk.linear_logprob_stats(h, W, b, y, 1 / 0.7, True, ht, **BLOCKS)
+    lp, lse, ent, lpt = kernels.linear_logprob_stats(h, W, b, y, 1 / 0.7, True, ht, **BLOCKS)
     ref = _ref(h, W, b, y, 1 / 0.7, ht)
     tol = dict(rtol=1e-4, atol=5e-4)
     for got, k in ((lp, "lp"), (lse, "lse"), (ent, "ent"), (lpt, "lpt")):
@@ -101,7 +102,7 @@ def test_stats_multiblock_and_large_logits():
 
 def test_stats_fp16_and_default_blocks():
     h, W, b, y, _ = _inputs(5, 20, 70, torch.float16, True, False, seed=2)
-    lp, lse, ent, _ = tk.linear_logprob_stats(h, W, b, y, 1.0, True)  # default (GPU) block sizes
+    lp, lse, ent, _ = kernels.linear_logprob_stats(h, W, b, y, 1.0, True)  # default (GPU) block sizes
     ref = _ref(h, W, b, y, 1.0)
     for got, k in ((lp, "lp"), (lse, "lse"), (ent, "ent")):
         _close(got, ref[k], TOL[torch.float16], k)
@@ -121,8 +122,8 @@ def test_backward(dtype, bias, with_ent, inv_tau, deterministic):
     g_lp[2] = 0.0
     if with_ent:
         g_ent[2] = 0.0
-    _, lse, ent, _ = tk.linear_logprob_stats(h, W, b, y, inv_tau, with_ent, **BLOCKS)
-    dh, dW, db = tk.linear_logprob_backward(h, W, b, y, inv_tau, lse, g_lp, g_ent, ent,
+    _, lse, ent, _ = kernels.linear_logprob_stats(h, W, b, y, inv_tau, with_ent, **BLOCKS)
+    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, inv_tau, lse, g_lp, g_ent, ent,
                                             deterministic=deterministic, **BLOCKS)
     ref = _ref(h, W, b, y, inv_tau, g_lp=g_lp, g_ent=g_ent)
     tol = TOL[dtype]
@@ -145,8 +146,8 @@ def test_backward_multiblock_skip_and_ent_recompute(deterministic):
     g_ent = torch.randn(N, generator=g).to(DEV)
     g_lp[16:32] = 0.0
     g_ent[16:32] = 0.0
-    _, lse, _, _ = tk.linear_logprob_stats(h, W, b, y, 1 / 0.7, False, **BLOCKS)
-    dh, dW, db = tk.linear_logprob_backward(h, W, b, y, 1 / 0.7, lse, g_lp, g_ent, None,
+    _, lse, _, _ = kernels.linear_logprob_stats(h, W, b, y, 1 / 0.7, False, **BLOCKS)
+    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, 1 / 0.7, lse, g_lp, g_ent, None,
                                             deterministic=deterministic, **BLOCKS)
     ref = _ref(h, W, b, y, 1 / 0.7, g_lp=g_lp, g_ent=g_ent)
     tol = dict(rtol=1e-4, atol=1e-4)
@@ -159,9 +160,9 @@ def test_backward_multiblock_skip_and_ent_recompute(deterministic):
 def test_backward_deterministic_repeatable():
     h, W, b, y, _ = _inputs(20, 24, 90, torch.bfloat16, True, False, seed=7)
     g_lp = torch.linspace(-1, 1, 20).to(DEV)
-    _, lse, _, _ = tk.linear_logprob_stats(h, W, b, y, 1.0, False, **BLOCKS)
-    a = tk.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, **BLOCKS)
-    c = tk.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, **BLOCKS)
+    _, lse, _, _ = kernels.linear_logprob_stats(h, W, b, y, 1.0, False, **BLOCKS)
+    a = kernels.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, **BLOCKS)
+    c = kernels.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, **BLOCKS)
     for x, z in zip(a, c):
         assert torch.equal(x, z)
 
@@ -169,15 +170,15 @@ def test_backward_deterministic_repeatable():
 def test_bad_inputs():
     h, W, b, y, _ = _inputs(4, 16, 40, torch.float32, True, False)
     with pytest.raises(ValueError):
-        tk.linear_logprob_stats(h, W[:, :8], b, y, 1.0, False)
+        kernels.linear_logprob_stats(h, W[:, :8], b, y, 1.0, False)
     with pytest.raises(ValueError):
-        tk.linear_logprob_stats(h, W, b, y, 1.0, False, block_v=48)
+        kernels.linear_logprob_stats(h, W, b, y, 1.0, False, block_v=48)
 
 
 def test_mixed_dtype_and_noncontiguous():
     h, W, b, y, _ = _inputs(6, 16, 50, torch.float32, True, False, seed=8)
     Wt = W.t().contiguous().t()  # non-contiguous view of the same values
-    lp, lse, _, _ = tk.linear_logprob_stats(h.to(torch.bfloat16), Wt, b, y, 1.0, False, **BLOCKS)
+    lp, lse, _, _ = kernels.linear_logprob_stats(h.to(torch.bfloat16), Wt, b, y, 1.0, False, **BLOCKS)
     ref = _ref(h.to(torch.bfloat16).float(), W, b, y, 1.0)
     _close(lp, ref["lp"], TOL[torch.float32], "lp")
     _close(lse, ref["lse"], TOL[torch.float32], "lse")
@@ -187,8 +188,8 @@ def test_mixed_dtype_and_noncontiguous():
 def test_backward_dh_only(deterministic):
     h, W, b, y, _ = _inputs(9, 20, 70, torch.float32, True, False, seed=9)
     g_lp = torch.linspace(-1, 1, 9).to(DEV)
-    _, lse, _, _ = tk.linear_logprob_stats(h, W, b, y, 1.0, False, **BLOCKS)
-    dh, dW, db = tk.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, need_weight_grad=False,
+    _, lse, _, _ = kernels.linear_logprob_stats(h, W, b, y, 1.0, False, **BLOCKS)
+    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, need_weight_grad=False,
                                             deterministic=deterministic, **BLOCKS)
     assert dW is None and db is None
     _close(dh, _ref(h, W, b, y, 1.0, g_lp=g_lp)["dh"], TOL[torch.float32], "dh")

@@ -1,8 +1,11 @@
-"""Fused backends, one per file; this module names them and says which run here.
+"""Backends, one per file; this module names them, says which run here and picks one for ``auto``.
 
-- ``chunked``: row chunks, BLAS GEMMs, PyTorch epilogues (any device, no compiler needed)
-- ``cpp``:     the same chunk loop with fused C++/OpenMP epilogues from ``csrc/`` (CPU)
-- ``triton``:  tiled Triton kernels (CUDA; on the CPU only under ``TRITON_INTERPRET=1``)
+- ``eager``:        materialised logits and autograd (the baseline)
+- ``chunked``:      row chunks, BLAS/cuBLAS GEMMs, PyTorch epilogues (any device, no compiler needed)
+- ``cpp``:          the same chunk loop with fused C++/OpenMP epilogues from ``csrc/`` (CPU)
+- ``triton``:       the same chunk loop with Triton epilogues; bf16/fp16 tensor-core GEMMs on CUDA
+- ``triton-tiled``: fully tiled Triton kernels: no logits buffer at all, the lowest-memory mode
+Triton backends need CUDA (or ``TRITON_INTERPRET=1`` on the CPU).
 """
 
 from __future__ import annotations
@@ -10,28 +13,39 @@ from __future__ import annotations
 import functools
 
 from .base import HeadBackend
-from .chunked import ChunkedHead
+from .chunked import TORCH_EPILOGUES, ChunkedHead, Epilogues
+from .eager import EagerHead
 
-FUSED = ("chunked", "cpp", "triton")
+FUSED = ("chunked", "cpp", "triton", "triton-tiled")
+IMPLS = ("eager",) + FUSED
+MIN_CHUNK_ROWS = 64  # below this many rows per chunk ``auto`` prefers the tiled kernels on CUDA
 
 
 @functools.cache
 def get_backend(name: str) -> HeadBackend:
+    if name == "eager":
+        return EagerHead()
     if name == "chunked":
-        return ChunkedHead("chunked")
+        return ChunkedHead("chunked", TORCH_EPILOGUES)
     if name == "cpp":
         from . import cpp
 
         if not cpp.available():
             raise RuntimeError(f"impl='cpp' is not available here: {cpp.unavailable_reason()}")
-        return ChunkedHead("cpp", cpp.row_stats, cpp.dlogits_)
-    if name == "triton":
-        from .triton import TritonHead, available
+        return ChunkedHead("cpp", Epilogues(cpp.row_stats, cpp.dlogits_))
+    if name in ("triton", "triton-tiled"):
+        from . import triton
 
-        if not available():
-            raise RuntimeError("impl='triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
-        return TritonHead()
-    raise ValueError(f"impl must be 'auto', 'eager' or one of {FUSED}, got {name!r}")
+        if not triton.available():
+            raise RuntimeError(f"impl={name!r} needs triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU)")
+        if name == "triton-tiled":
+            from .triton.head import TritonTiledHead
+
+            return TritonTiledHead()
+        from .triton import epilogue
+
+        return ChunkedHead("triton", Epilogues(epilogue.row_stats, epilogue.dlogits_))
+    raise ValueError(f"impl must be 'auto' or one of {IMPLS} (or a backend object), got {name!r}")
 
 
 def usable(name: str) -> bool:
@@ -41,3 +55,16 @@ def usable(name: str) -> bool:
     except (RuntimeError, ImportError):
         return False
     return True
+
+
+def auto(device, vocab_size: int, element_size: int, memory_budget=None) -> str:
+    """``impl="auto"``: on CUDA the Triton chunk loop, or the tiled kernels when ``memory_budget``
+    (bytes of working memory) holds fewer than MIN_CHUNK_ROWS rows of logits; on the CPU the C++
+    epilogues; the PyTorch chunk loop where neither runs."""
+    if device.type == "cuda":
+        per_row = vocab_size * (4 + (element_size if element_size < 4 else 0))
+        tiny = memory_budget is not None and memory_budget < MIN_CHUNK_ROWS * per_row
+        preferred = ("triton-tiled", "triton", "chunked") if tiny else ("triton", "chunked")
+    else:
+        preferred = ("cpp", "chunked")
+    return next(name for name in preferred if usable(name))

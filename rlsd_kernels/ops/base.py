@@ -1,48 +1,91 @@
-"""What every fused backend provides (the math is in ``ops/CONTRACT.md``).
+"""The one protocol every LM-head backend implements (the math is in ``ops/CONTRACT.md``).
 
-A backend computes, for rows h [N, H] against the LM head W [V, H] (+ b), the target log-prob
-``lp``, the log-sum-exp ``lse`` and optionally the entropy ``ent`` of softmax((h W^T + b) / tau),
-and turns per-token coefficients g_lp = dL/dlp, g_ent = dL/dent into dh, dW, db, without
-holding a [N, V] tensor.
+A backend computes, for token rows h [N, H] against the LM head W [V, H] (+ b), the target log-prob
+``lp``, the log-sum-exp ``lse`` and optionally the entropy ``ent`` of softmax((h W^T + b) * inv_tau),
+and turns per-token coefficients g_lp = dL/dlp, g_ent = dL/dent into dh, dW, db. Every method takes
+its arguments in one order, ``(h, W, b, y, inv_tau, ...)``, and returns a named tuple.
 
 ``TokenFn(rows, lp, ent, lp_teacher) -> (loss_t, g_lp, g_ent)`` is the per-token loss of a chunk of
-rows (a ``slice``): it returns the detached per-token loss and its gradient coefficients.
+rows (a ``slice``): the detached per-token loss and its gradient coefficients (g_ent None when the
+loss does not depend on the entropy).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import abc
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-TokenFn = Callable[[slice, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],
-                   tuple]
+Tensor = torch.Tensor
+TokenFn = Callable[[slice, Tensor, Optional[Tensor], Optional[Tensor]], tuple]
 
 
-class HeadBackend:
+class Stats(NamedTuple):
+    """Per-token statistics, float32 [N] (float64 for float64 inputs)."""
+
+    lp: Tensor
+    lse: Tensor
+    ent: Optional[Tensor]
+    lp_teacher: Optional[Tensor]
+
+
+class Grads(NamedTuple):
+    """Gradients in the compute dtype: dh [N, H], dW [V, H] and db [V] (None when not wanted)."""
+
+    dh: Tensor
+    dW: Optional[Tensor]
+    db: Optional[Tensor]
+
+
+class LossAndGrad(NamedTuple):
+    loss_t: Tensor          # [N] per-token loss (already weighted by the aggregation)
+    stats: Stats
+    grads: Optional[Grads]  # None unless asked for
+
+
+class JSDAndGrad(NamedTuple):
+    jsd: Tensor             # [N] per-token JSD_beta(p_T || p_S), unweighted
+    grads: Optional[Grads]
+
+
+class HeadBackend(abc.ABC):
+    """What every backend provides; ``loss_and_grad`` has a default composed of the other two."""
+
     name = "base"
 
     def vocab_size(self, W) -> int:
         """The vocabulary the targets index (a sharded head's is larger than its local W)."""
         return W.shape[0]
 
-    def stats(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher=None):
-        """-> (lp, lse, ent or None, lp_teacher or None), all float32 [N]."""
-        raise NotImplementedError
+    def with_memory_budget(self, budget_bytes: Optional[int]) -> "HeadBackend":
+        """This backend with at most ``budget_bytes`` of working memory (None: its default)."""
+        return self
 
-    def backward(self, h, W, b, y, inv_tau: float, lse, ent, g_lp, g_ent, need_weight_grad=True):
-        """-> (dh [N, H], dW [V, H] or None, db [V] or None), float32."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stats(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher=None) -> Stats:
+        """Student statistics (and the teacher's target log-prob when ``h_teacher`` is given)."""
 
-    def loss_and_grad(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher,
-                      token_fn: TokenFn, need_grad: bool, need_weight_grad: bool = True):
-        """Forward statistics, per-token loss and (if ``need_grad``) the gradient, composed from
-        :meth:`stats` and :meth:`backward`. Backends that can interleave them per chunk override it.
+    @abc.abstractmethod
+    def backward(self, h, W, b, y, inv_tau: float, stats: Stats, g_lp, g_ent,
+                 need_weight_grad: bool = True) -> Grads:
+        """dh, dW, db of sum_t (g_lp_t lp_t + g_ent_t ent_t), given ``stats`` of the same inputs."""
 
-        -> (loss_t [N], lp [N], ent [N] or None, lp_teacher [N] or None, (dh, dW, db) or None)
-        """
-        lp, lse, ent, lp_teacher = self.stats(h, W, b, y, inv_tau, want_entropy, h_teacher)
-        loss_t, g_lp, g_ent = token_fn(slice(0, h.shape[0]), lp, ent, lp_teacher)
-        grads = (self.backward(h, W, b, y, inv_tau, lse, ent, g_lp, g_ent, need_weight_grad)
-                 if need_grad else None)
-        return loss_t, lp, ent, lp_teacher, grads
+    @abc.abstractmethod
+    def jsd_loss_and_grad(self, h, W, b, h_teacher, inv_tau: float, beta: float, weights,
+                          need_grad: bool, need_weight_grad: bool = True) -> JSDAndGrad:
+        """Per-token JSD_beta(p_T || p_S) and the gradient of sum_t weights_t JSD_t (through p_S)."""
+
+    def loss_and_grad(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher, token_fn: TokenFn,
+                      need_grad: bool, need_weight_grad: bool = True) -> LossAndGrad:
+        """Statistics, per-token loss and (if ``need_grad``) the gradient. Chunked backends
+        override it to form the gradient while each chunk's logits are in memory."""
+        stats = self.stats(h, W, b, y, inv_tau, want_entropy, h_teacher)
+        loss_t, g_lp, g_ent = token_fn(slice(0, h.shape[0]), stats.lp, stats.ent, stats.lp_teacher)
+        grads = self.backward(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad) if need_grad else None
+        return LossAndGrad(loss_t, stats, grads)
+
+
+def compute_dtype(h) -> torch.dtype:
+    """Statistics and gradients are float32, float64 for float64 inputs."""
+    return torch.float64 if h.dtype == torch.float64 else torch.float32

@@ -97,11 +97,22 @@ def _ext() -> ModuleType:
     return module
 
 
+def _raise(error: str):
+    """The extension reports bad arguments as a message (no C++ exception crosses into Python)."""
+    if error:
+        raise ValueError(error)
+
+
 def row_stats(
     z: torch.Tensor, targets: torch.Tensor, inv_tau: float, want_entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lp [n], lse [n], ent [n] or an empty tensor) for z [n, V] float32 contiguous, targets [n] int64."""
-    return _ext().row_stats(z, targets, float(inv_tau), bool(want_entropy))
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(lp [n], lse [n], ent [n] or None) for z [n, V] float32 contiguous, targets [n] int64."""
+    n = z.shape[0] if z.dim() else 0
+    lp = torch.empty(n, dtype=torch.float32)
+    lse = torch.empty(n, dtype=torch.float32)
+    ent = torch.empty(n if want_entropy else 0, dtype=torch.float32)
+    _raise(_ext().row_stats(z, targets, float(inv_tau), bool(want_entropy), lp, lse, ent))
+    return lp, lse, (ent if want_entropy else None)
 
 
 def dlogits_(
@@ -117,4 +128,4 @@ def dlogits_(
 
     g_ent None (or empty) skips the entropy term; otherwise ent is required.
     """
-    _ext().dlogits_(z, targets, lse, g_lp, g_ent, ent, float(inv_tau))
+    _raise(_ext().dlogits_(z, targets, lse, g_lp, g_ent, ent, float(inv_tau)))

@@ -17,16 +17,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .chunked import ChunkedHead
+from .chunked import ChunkedHead, Epilogues
 
 
 class VocabParallel(ChunkedHead):
     """Pass as ``impl=VocabParallel(group)`` with the local shard of the LM head as ``weight``."""
 
+    low_precision_gemms = False  # its epilogues write dz in place, in the statistics dtype
+
     def __init__(self, group=None, chunk_bytes=None):
-        super().__init__("vocab-parallel")
-        if chunk_bytes is not None:
-            self.chunk_bytes = chunk_bytes
+        super().__init__("vocab-parallel", chunk_bytes=chunk_bytes)
         self.group = group
 
     def vocab_range(self, W):
@@ -40,18 +40,18 @@ class VocabParallel(ChunkedHead):
     def vocab_size(self, W):
         return self.vocab_range(W)[1]
 
-    def _setup(self, h, W, b, vocab_size=None):
+    def _plan(self, h, W, b, vocab_size=None):
         """As the base, with this rank's offset; chunks are sized by the whole vocabulary so that
         every rank takes the same chunks (and so the same collectives) whatever its shard size."""
         self._start, total = self.vocab_range(W)
-        return super()._setup(h, W, b, total)
+        return super()._plan(h, W, b, total)
 
     def _local_targets(self, y, V_local):
         local = (y >= self._start) & (y < self._start + V_local)
         return local, (y - self._start).clamp(0, V_local - 1)
 
     def _epilogues(self, dtype):
-        return self._row_stats, self._dlogits_
+        return Epilogues(self._row_stats, self._dlogits_)
 
     def _row_stats(self, z, y, inv_tau, want_entropy):
         local, y_local = self._local_targets(y, z.shape[1])
@@ -78,9 +78,9 @@ class VocabParallel(ChunkedHead):
         z.exp_().mul_(coef).mul_(-inv_tau)
         z.scatter_add_(1, y_local.unsqueeze(1), torch.where(local, inv_tau * g_lp, 0.0).unsqueeze(1).to(z.dtype))
 
-    def _accumulate(self, dz, hc, W, sl, grads):
-        super()._accumulate(dz, hc, W, sl, grads)
-        dist.all_reduce(grads[0][sl], group=self.group)
+    def _accumulate(self, dz, hc, plan, sl, grads):
+        super()._accumulate(dz, hc, plan, sl, grads)
+        dist.all_reduce(grads.dh[sl], group=self.group)
 
     def jsd_loss_and_grad(self, *args, **kwargs):
         raise NotImplementedError("the full-vocabulary JSD is not implemented for a vocabulary-parallel head")

@@ -1,38 +1,23 @@
-"""Triton (GPU) backend: fused linear + log-softmax statistics and gradients.
+"""Triton (GPU) backends: the chunk loop with Triton epilogues (``"triton"``) and the fully tiled
+kernels (``"triton-tiled"``).
 
 Importable without a GPU (and even without triton); launching needs CUDA or TRITON_INTERPRET=1
 (which must be set before this package is first imported).
 """
 
-try:
-    from .logprobs import interpreted, linear_logprob_backward, linear_logprob_stats
-    from .logprobs import available as _available
+import os
 
-    _IMPORT_ERROR = None
-except ImportError as _e:  # triton missing / broken
-    _IMPORT_ERROR = _e
-
-    def _unavailable(*args, **kwargs):
-        raise RuntimeError(f"rlsd_kernels.ops.triton is unavailable: {_IMPORT_ERROR!r}")
-
-    linear_logprob_stats = linear_logprob_backward = _unavailable
-
-    def interpreted() -> bool:
-        return False
-
-    def _available() -> bool:
-        return False
+import torch
 
 
-try:  # backend adapter (rlsd_kernels.ops.triton.head); absent if its dependencies are missing
-    from .head import TritonHead  # noqa: F401
-except ImportError:
-    pass
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def available() -> bool:
     """True iff triton imports and a CUDA device exists or TRITON_INTERPRET=1."""
-    return _IMPORT_ERROR is None and _available()
-
-
-__all__ = ["TritonHead", "available", "interpreted", "linear_logprob_stats", "linear_logprob_backward"]
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available() or interpreted())

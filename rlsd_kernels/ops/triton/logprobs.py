@@ -44,27 +44,15 @@ does not affect lse / ent.  All outputs are float32.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
 import triton
 import triton.language as tl
 
-__all__ = ["linear_logprob_stats", "linear_logprob_backward", "available", "interpreted"]
+from . import interpreted
 
-
-
-def interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def available() -> bool:
-    """True iff Triton kernels can be launched here (CUDA device or the Triton interpreter)."""
-    try:
-        return bool(torch.cuda.is_available() or interpreted())
-    except Exception:  # pragma: no cover
-        return False
+__all__ = ["linear_logprob_stats", "linear_logprob_backward"]
 
 
 # ----------------------------------------------------------------------------------------------
