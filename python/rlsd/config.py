@@ -262,6 +262,7 @@ def _value_problems(cfg: Config) -> list:
         ("train.steps", t.steps, t.steps >= 1, ">= 1"),
         ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, ">= 1"),
         ("train.micro_batch_size", t.micro_batch_size, t.micro_batch_size >= 1, ">= 1"),
+        ("train.micro_batch_tokens", t.micro_batch_tokens, t.micro_batch_tokens >= 0, ">= 0 (0: off)"),
         ("train.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
         ("train.weight_decay", t.weight_decay, math.isfinite(t.weight_decay) and t.weight_decay >= 0, "a finite number >= 0"),
         ("train.betas", t.betas, len(t.betas) == 2 and all(
@@ -405,15 +406,23 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def _missing_files(cfg: Config) -> list:
+def _environment_problems(cfg: Config) -> list:
+    """Files and directories the config names that do not exist; a verifier that cannot run here."""
+    from .verifiers import CHECKS
     files = [("data.train", cfg.data.train, os.path.isfile, "file"), ("data.eval", cfg.data.eval, os.path.isfile, "file"),
              ("model.path", cfg.model.path, os.path.isdir, "directory")]
-    return [f"{key}: no such {what}: {value!r}" for key, value, exists, what in files if value and not exists(value)]
+    problems = [f"{key}: no such {what}: {value!r}" for key, value, exists, what in files if value and not exists(value)]
+    try:
+        CHECKS.get(cfg.verifier.name, lambda **_: None)(**cfg.verifier.options)
+    except Exception as exc:  # each check raises its own kind; all mean "cannot run here"
+        problems.append(f"verifier {cfg.verifier.name!r} cannot run here: {exc}")
+    return problems
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> Config:
     """Read YAML at ``path``, apply ``key.sub=value`` overrides (values: see :func:`parse_value`) and
-    validate everything, including that the data files and the model directory it names exist."""
+    validate everything, including that the data files and the model directory it names exist and
+    that its verifier can run here."""
     data = read_yaml(path) if path else {}
     for item in overrides or []:
         apply_override(data, item)
@@ -422,9 +431,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
         cfg = config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    missing = _missing_files(cfg)
-    if missing:
-        raise ConfigError(f"{source}: {'; '.join(missing)}")
+    problems = _environment_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
     return cfg
 
 

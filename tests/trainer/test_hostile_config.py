@@ -85,6 +85,7 @@ def test_every_type_error_is_reported_at_once():
 @pytest.mark.parametrize("key,value", [
     ("train.lr", 0), ("train.lr", -1e-5), ("train.lr", float("nan")), ("train.lr", float("inf")),
     ("train.steps", -1), ("train.steps", 0), ("train.prompts_per_step", 0), ("train.micro_batch_size", 0),
+    ("train.micro_batch_tokens", -1),
     ("train.weight_decay", -0.1), ("train.betas", [0.9]), ("train.betas", [0.9, 1.0]), ("train.betas", ["a", 0.9]),
     ("train.grad_clip", -1), ("train.seed", -1), ("train.seed", 2 ** 32), ("train.threads", -2),
     ("train.eval_every", -1), ("train.eval_size", -1), ("train.checkpoint_every", -1), ("train.output_dir", " "),
@@ -162,6 +163,9 @@ def test_missing_config_file_and_missing_files_it_names(tmp_path):
         load_config(path)
     assert "data.train: no such file" in str(info.value) and "gone.jsonl" in str(info.value)
     assert "model.path: no such directory" in str(info.value)
+    path = write(tmp_path, yaml.safe_dump({"verifier": {"name": "code", "options": {"sandbox": "chroot"}}}))
+    with pytest.raises(ConfigError, match="verifier 'code' cannot run here: sandbox must be one of"):
+        load_config(path)
 
 
 def test_errors_from_a_file_name_the_file(tmp_path):
