@@ -336,6 +336,15 @@ def test_other_entry_points_reject_names():
         fused_linear_logprobs(case.hidden, case.weight, case.targets, return_entropy="yes", impl="chunked")
 
 
+def test_fused_linear_logprobs_any_leading_shape():
+    """hidden [..., H] with targets [...]: one token, a flat batch and [B, T] agree."""
+    case = small(dtype=torch.float64)
+    full, _ = fused_linear_logprobs(case.hidden, case.weight, case.targets, impl="chunked")
+    flat, _ = fused_linear_logprobs(case.hidden.reshape(-1, 8), case.weight, case.targets.reshape(-1), impl="chunked")
+    one, _ = fused_linear_logprobs(case.hidden[1, 2], case.weight, case.targets[1, 2], impl="chunked")
+    assert one.shape == () and max_rel_err(flat, full.reshape(-1)) < 1e-14 and max_rel_err(one, full[1, 2]) < 1e-14
+
+
 def test_fused_linear_logprobs_rejects_shapes():
     case = small()
     with pytest.raises(ValueError, match="targets"):
@@ -464,6 +473,14 @@ def test_non_contiguous_views_match_contiguous(impl):
     lp_view, _ = fused_linear_logprobs(hidden_view, weight_view, targets_view, bias=case.bias, impl=impl)
     lp, _ = fused_linear_logprobs(hidden, weight, case.targets, bias=case.bias, impl=impl)
     assert max_rel_err(lp_view, lp) < 1e-12
+    # a stride-0 [B] advantage, and the full-vocabulary OPSD loss on the same views
+    adv_b = case.advantages[:1].expand(B)
+    got = call_rlsd(rlsd_args(case, hidden=hidden_view, weight=weight_view, advantages=adv_b, impl=impl))[0]
+    want = call_rlsd(rlsd_args(case, hidden=hidden, weight=weight, advantages=adv_b.contiguous(), impl=impl))[0]
+    assert max_rel_err(got, want) < 1e-12
+    got = call_opsd(case, "jsd", hidden=hidden_view, weight=weight_view, mask=mask_view, impl=impl)[0]
+    want = call_opsd(case, "jsd", hidden=hidden, weight=weight, mask=mask_view.contiguous(), impl=impl)[0]
+    assert max_rel_err(got, want) < 1e-12
 
 
 INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64] + [
