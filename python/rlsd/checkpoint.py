@@ -164,22 +164,18 @@ def save_checkpoint(path: str, *, model, tokenizer, optimizer, sampler, step: in
     return path
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _leaves(cfg: dict) -> dict:
+    """``section.key -> value`` of a config dict (option mappings and LoRA settings stay whole)."""
+    cfg = json.loads(json.dumps(cfg, default=str))
+    return {f"{section}.{key}": value for section, fields in cfg.items() for key, value in (fields or {}).items()}
 
 
 def config_differences(saved: dict, current: dict) -> list:
-    """``key: saved -> current`` for each config key whose change would make a resume inexact
+    """``key: saved, current`` for each config key whose change would make a resume inexact
     (keys the saved config does not have, from an older version, are not compared)."""
-    old, new = _flat(json.loads(json.dumps(saved, default=str))), _flat(json.loads(json.dumps(current, default=str)))
+    old, new = _leaves(saved), _leaves(current)
     return [f"{key}: {old[key]!r} in the checkpoint, {new.get(key)!r} now" for key in sorted(old)
-            if old[key] != new.get(key) and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)]
+            if old[key] != new.get(key) and key not in RESUMABLE_CHANGES]
 
 
 def load_checkpoint(path: str, *, model, optimizer, sampler, config: dict = None) -> dict:

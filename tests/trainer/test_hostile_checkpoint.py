@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from trainer_helpers import examples, make_config, tiny_setup
-from rlsd.checkpoint import CheckpointError, latest_checkpoint, verify_checkpoint
+from rlsd.checkpoint import CheckpointError, config_differences, latest_checkpoint, verify_checkpoint
+from rlsd.config import Config, config_to_dict
 from rlsd.loop import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -173,6 +174,19 @@ def test_resume_with_a_different_config(run_copy):
     # more steps, other micro-batches and evaluation settings do not change what is trained
     trainer = build(run_copy, steps=6, train={"micro_batch_size": 3, "eval_every": 5})
     assert trainer.resume() == 4
+
+
+def test_config_differences():
+    saved = config_to_dict(Config())
+    changed = config_to_dict(Config())
+    changed["verifier"]["options"] = {"pattern": "x"}
+    changed["model"]["lora"] = {"r": 4}
+    changed["train"].update(steps=1000, output_dir="elsewhere", seed=1)
+    assert config_differences(saved, changed) == [
+        "model.lora: None in the checkpoint, {'r': 4} now", "train.seed: 0 in the checkpoint, 1 now",
+        "verifier.options: {} in the checkpoint, {'pattern': 'x'} now"]
+    del saved["algo"]["lam"]  # a key the checkpoint's (older) config did not have is not compared
+    assert config_differences(saved, config_to_dict(Config())) == []
 
 
 def test_log_keeps_each_step_once(run_copy, finished):
