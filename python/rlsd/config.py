@@ -105,6 +105,12 @@ class TrainConfig:
     # padding, no [L, L] mask), short ones share a micro-batch. The teacher pass runs per micro-batch
     # and returns hidden states only. 0 = off (consecutive slices of micro_batch_size sequences).
     micro_batch_tokens: int = 0
+    # PPO mini-batches: the rollout batch is split into optimizer steps of this many prompts (their
+    # groups), each normalised by its own global denominator; 0 = the whole batch in one step.
+    # After the first mini-batch the policy has moved, so rho = pi / pi_old departs from 1 and clips.
+    ppo_mini_batch_size: int = 0
+    ppo_epochs: int = 1                  # passes over the rollout batch
+    recompute_old_logprobs: bool = False # pi_old from the trainer's model before the first step, not the engine
     lr: float = 1e-6
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -263,6 +269,8 @@ def _value_problems(cfg: Config) -> list:
         ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, ">= 1"),
         ("train.micro_batch_size", t.micro_batch_size, t.micro_batch_size >= 1, ">= 1"),
         ("train.micro_batch_tokens", t.micro_batch_tokens, t.micro_batch_tokens >= 0, ">= 0 (0: off)"),
+        ("train.ppo_mini_batch_size", t.ppo_mini_batch_size, t.ppo_mini_batch_size >= 0, ">= 0 (0: the whole batch)"),
+        ("train.ppo_epochs", t.ppo_epochs, t.ppo_epochs >= 1, ">= 1"),
         ("train.lr", t.lr, math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
         ("train.weight_decay", t.weight_decay, math.isfinite(t.weight_decay) and t.weight_decay >= 0, "a finite number >= 0"),
         ("train.betas", t.betas, len(t.betas) == 2 and all(

@@ -6,13 +6,16 @@ One step:
     rollouts  n responses per prompt from the engine, with their sampling log-probs (old_logprobs)
     rewards   verifier(response, example) in [0, 1]  ->  group advantages A
     keep      dynamic sampling: drop groups whose rewards are all equal
-    for each micro-batch of sequences:
-        teacher   no-grad pass of the same network on privileged prompt + response
-        student   last hidden states at the response positions
-        loss      fused rlsd_kernels loss on (hidden, lm_head.weight), normalised by the step's
-                  GLOBAL denominator, so the summed micro-batch gradients equal one big batch
-        backward
-    clip gradients, optimizer step, push the weights to the rollout engine
+    for each PPO epoch, for each PPO mini-batch (train.ppo_mini_batch_size prompts; 0 = all):
+        for each micro-batch of sequences:
+            teacher   no-grad pass of the same network on privileged prompt + response
+            student   last hidden states at the response positions
+            loss      fused rlsd_kernels loss on (hidden, lm_head.weight), normalised by the
+                      mini-batch's GLOBAL denominator, so the summed micro-batch gradients equal
+                      one big batch; rho = pi / pi_old departs from 1 after the first mini-batch
+            backward
+        clip gradients, optimizer step
+    push the weights to the rollout engine
 
 Each step's sampling randomness is seeded from (seed, step), so a resumed run draws the same
 rollouts as an uninterrupted one.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import random
 import time
@@ -60,12 +64,25 @@ class Sample:
     response: list           # response ids
     logprobs: list           # rollout-time log-probs of the response tokens
     advantage: float
+    group: int = 0           # index of its prompt in the step (PPO mini-batches split by prompt)
 
 
 def global_normalizer(loss_agg: str, lengths: list) -> float:
     """The denominator of the whole step's loss: the kernel's aggregation over all responses."""
     mask = torch.arange(max(lengths, default=0))[None, :] < torch.tensor(lengths)[:, None]
     return float(aggregation_denominator(mask, loss_agg))
+
+
+def ppo_mini_batches(samples: list, prompts: int) -> list:
+    """``samples`` split into consecutive mini-batches of ``prompts`` groups (0: one mini-batch)."""
+    if prompts <= 0:
+        return [samples]
+    order = list(dict.fromkeys(s.group for s in samples))
+    chunks = {g: i // prompts for i, g in enumerate(order)}
+    out = [[] for _ in range(-(-len(order) // prompts))]
+    for s in samples:
+        out[chunks[s.group]].append(s)
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -154,7 +171,7 @@ class Trainer:
         samples = []
         for g in keep.nonzero().flatten().tolist():
             teacher_ctx = self.encode(privileged_prompt(examples[g], cfg.teacher)) if self.teacher else []
-            samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a))
+            samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a), g)
                         for x, a in zip(groups[g], adv[g].tolist())]
         if self.teacher is not None:
             self.teacher.maybe_sync(self.step)
@@ -173,13 +190,37 @@ class Trainer:
                 "reasons": dict(reasons), "time_rollout": t1 - t0, "time_train": t2 - t1, "time_step": t2 - t0}
 
     def update(self, samples: list):
-        """One optimizer step over ``samples``; returns (loss, metrics)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.accumulate_gradients(samples)
-        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        self.optimizer.step()
-        return loss, {**metrics, "grad_norm": float(grad_norm)}
+        """``train.ppo_epochs`` passes over the PPO mini-batches of ``samples``, one optimizer step
+        each; returns (loss, metrics), each the mean over the optimizer steps."""
+        t = self.cfg.train
+        if t.recompute_old_logprobs:
+            samples = self.recompute_old_logprobs(samples)
+        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+        losses, sums = [], Counter()
+        for _ in range(t.ppo_epochs):
+            for mini in ppo_mini_batches(samples, t.ppo_mini_batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, metrics = self.accumulate_gradients(mini)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+                self.optimizer.step()
+                losses.append(loss)
+                sums.update({**metrics, "grad_norm": float(grad_norm)})
+        n = len(losses)
+        return sum(losses) / n, {**{k: v / n for k, v in sums.items()}, "ppo_steps": n}
+
+    @torch.no_grad()
+    def recompute_old_logprobs(self, samples: list) -> list:
+        """``samples`` with pi_old's log-probs from the trainer's model (before any step), not the engine's."""
+        out, mbs = [], self.cfg.train.micro_batch_size
+        for i in range(0, len(samples), mbs):
+            batch = samples[i:i + mbs]
+            hidden, targets, _ = response_hidden(self.model, [s.context for s in batch], [s.response for s in batch],
+                                                 self.pad_id, self.device)
+            weight, bias = lm_head(self.model)
+            lp, _ = fused_linear_logprobs(hidden, weight, targets, bias=bias,
+                                          temperature=self.cfg.rollout.temperature, impl=self.cfg.train.impl)
+            out += [dataclasses.replace(s, logprobs=lp[j, :len(s.response)].tolist()) for j, s in enumerate(batch)]
+        return out
 
     def accumulate_gradients(self, samples: list, micro_batch_size: int = 0):
         """Backward over ``samples`` in micro-batches, each normalised by the step's global
