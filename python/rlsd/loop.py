@@ -242,12 +242,10 @@ class Trainer:
         for i, idx in enumerate(batches):
             batch = [mine[j] for j in idx]
             with self.gradient_sync(last=i == len(batches) - 1):
-                loss, metrics, entropy = self.micro_batch_loss(batch, lam, normalizer)
+                loss, metrics = self.micro_batch_loss(batch, lam, normalizer)
                 (loss * scale).backward()
             if scale == 0.0:
                 continue
-            if entropy is not None:
-                metrics["entropy_mean"] = entropy
             total += loss.item()
             tokens = sum(len(s.response) for s in batch)
             sums.update({k: float(v) * tokens for k, v in metrics.items()})
@@ -274,15 +272,7 @@ class Trainer:
             teacher=teacher, old_logprobs=pad_values([s.logprobs for s in batch], T, self.device),
             ref_logprobs=ref_lp, bias=bias, temperature=cfg.rollout.temperature, normalizer=normalizer,
             impl=cfg.train.impl)
-        entropy = None if "entropy_mean" in metrics else self.entropy_mean(hidden, weight, bias, targets, mask)
-        return loss, metrics, entropy
-
-    @torch.no_grad()
-    def entropy_mean(self, hidden, weight, bias, targets, mask) -> float:
-        """Mean full-vocabulary entropy of the student over the response tokens (a metric only)."""
-        _, ent = fused_linear_logprobs(hidden.detach(), weight.detach(), targets, bias=bias, return_entropy=True,
-                                       temperature=self.cfg.rollout.temperature, impl=self.cfg.train.impl)
-        return ((ent * mask).sum() / mask.sum().clamp(min=1)).item()
+        return loss, metrics
 
     def teacher_inputs(self, batch: list, targets) -> dict:
         """Live teacher: its hidden states (the kernel computes lp_T under the same head in the same

@@ -5,7 +5,9 @@
     opsd       opsd_loss                              (teacher signal only, no reward)
     grpo+opsd  rlsd_loss(lam = 0) + alpha opsd_loss
 
-All take the student's last hidden states and the LM head, never the logits.
+All take the student's last hidden states and the LM head, never the logits. The RL losses also
+return the student's mean full-vocabulary entropy (``entropy_mean``) from the same sweep;
+``opsd_loss`` has no entropy option, so OPSD alone logs none.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def algorithm_loss(algo: AlgoConfig, lam: float, hidden, weight, targets, mask, 
             hidden, weight, targets, advantages, mask, **rl_teacher, old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs, lam=lam if algo.name == "rlsd" else 0.0, eps_w=algo.eps_w,
             eps_low=algo.eps_low, eps_high=algo.eps_high, dual_clip=algo.dual_clip, kl_coef=algo.kl_coef,
-            kl_type=algo.kl_type, entropy_coef=algo.entropy_coef, **common)
+            kl_type=algo.kl_type, entropy_coef=algo.entropy_coef, compute_entropy=True, **common)
         metrics = dict(metrics)
     if algo.name in ("opsd", "grpo+opsd"):
         coef = algo.opsd_coef if algo.name == "grpo+opsd" else 1.0

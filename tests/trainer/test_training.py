@@ -130,3 +130,18 @@ def test_rollout_logprobs_match_trainer(tmp_path):
         lp, _ = fused_linear_logprobs(h, lm_head(trainer.model)[0], targets, temperature=0.7)
     old = pad_values([s.logprobs for s in samples], targets.shape[1])
     torch.testing.assert_close(lp * mask, old * mask, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["grpo", "rlsd"])
+def test_entropy_metric_comes_from_the_loss_sweep(tmp_path, name):
+    model, tok = tiny_setup()
+    trainer = Trainer(make_config(tmp_path, algo={"name": name}), model, tok, examples())
+    samples = fixed_batch(trainer)
+    _, metrics = batch_loss(trainer, samples)
+    ents = []
+    with torch.no_grad():
+        for s in samples:
+            logits = trainer.model(torch.tensor([s.context + s.response])).logits[0, len(s.context) - 1:-1]
+            ents.append(-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1))
+    assert metrics["entropy_mean"] == pytest.approx(torch.cat(ents).mean().item(), abs=1e-5)
+    assert not hasattr(trainer, "entropy_mean")
