@@ -118,6 +118,8 @@ def _parquet_rows(path: str) -> Iterator:
 
 def _located_rows(path: str) -> Iterator:
     """(where, row) for each row of ``path``; ``where`` is ``file:line`` or ``file: row N``."""
+    if not path:
+        raise DataError("no data file named: set data.train (and data.eval) in the config")
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}" if not os.path.exists(path) else f"{path}: not a file")
     return _parquet_rows(path) if path.endswith(".parquet") else _jsonl_rows(path)
@@ -210,7 +212,12 @@ class CurriculumSampler:
                 "recent": list(self.recent), "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.level, self.order, self.pos = state["level"], list(state["order"]), state["pos"]
+        """Restore a :meth:`state_dict`; :class:`DataError` if it was taken on another training set."""
+        level, order, pos = state["level"], list(state["order"]), state["pos"]
+        if not (0 <= level < len(self.levels) and sorted(order) == self.levels[level] and 0 <= pos <= len(order)):
+            raise DataError(f"the sampler state does not fit this training set ({len(self.examples)} examples, "
+                            f"{len(self.levels)} levels): was the data file changed since the checkpoint?")
+        self.level, self.order, self.pos = level, order, pos
         self.recent = deque(state["recent"], maxlen=self.window)
         self.rng.setstate(state["rng"])
 

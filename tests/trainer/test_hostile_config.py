@@ -144,12 +144,18 @@ def test_jsd_needs_a_live_teacher():
     ("- train\n- algo\n", "expected a mapping of sections"),
     ("just words", "expected a mapping of sections"),
     (b"train: {output_dir: \xff\xfe}\n", "not a readable UTF-8 text file"),
+    ("train: !!python/object/apply:os.system ['echo hostile']\n", "not valid YAML"),
 ])
 def test_bad_files(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert path in str(info.value) and expected in str(info.value)
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    cfg = load_config(write(tmp_path, "train: {<<: {lr: 2.0e-5, steps: 9}, steps: 3}\n"))
+    assert cfg.train.lr == 2e-5 and cfg.train.steps == 3
 
 
 def test_missing_config_file_and_missing_files_it_names(tmp_path):
@@ -181,6 +187,8 @@ def test_set_overrides(tmp_path):
     assert cfg.train.steps == 7 and cfg.model.lora.r == 4 and cfg.train.output_dir == "123"
     assert cfg.train.betas == [0.8, 0.9] and cfg.verifier.options == {"pattern": "(\\d+)"} and cfg.train.lr == 1e-5
     assert load_config(path, ["model.lora=null"]).model.lora is None
+    with pytest.raises(ConfigError, match=r"--set 'train.lr=1': train is list \[1\], not a mapping"):
+        load_config(write(tmp_path, "train: [1]\n", "list.yaml"), ["train.lr=1"])
     for item, expected in [
         ("train.lrr=1", "--set 'train.lrr=1': unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         ("tran.lr=1", "unknown key 'tran' (did you mean 'train'?)"),

@@ -31,6 +31,7 @@ def parquet(tmp_path, rows, name="d.parquet"):
 
 def test_missing_and_empty_files(tmp_path):
     assert "data file not found: " in error(str(tmp_path / "nope.jsonl"))
+    assert "no data file named: set data.train" in error("")
     assert "not a file" in error(str(tmp_path))
     for content in ("", "\n\n  \n"):
         path = write(tmp_path, content)
@@ -113,6 +114,19 @@ def test_read_rows_and_from_row():
         Example.from_row(["prompt"])
     with pytest.raises(DataError, match="data file not found"):
         read_rows("/nonexistent/rows.jsonl")
+
+
+def test_sampler_state_of_another_training_set():
+    exs = [Example.from_row({"prompt": f"q{i}", "answer": "1", "difficulty": i % 2}) for i in range(6)]
+    state = CurriculumSampler(exs, seed=0, curriculum=True).state_dict()
+    for other in (exs[1:], exs + exs[:1]):
+        with pytest.raises(DataError, match="does not fit this training set"):
+            CurriculumSampler(other, seed=0, curriculum=True).load_state_dict(state)
+    with pytest.raises(DataError, match="does not fit"):
+        CurriculumSampler(exs, seed=0, curriculum=False).load_state_dict(state)
+    same = CurriculumSampler(exs, seed=5, curriculum=True)
+    same.load_state_dict(state)
+    assert same.state_dict() == state
 
 
 def test_an_empty_training_set_fails_instead_of_hanging():
