@@ -12,6 +12,7 @@ SEQ_LEN = 1024  # tokens per response; N tokens are N / SEQ_LEN sequences
 PRESETS = {
     "demo": (512, 32768),
     "qwen2.5-0.5b": (896, 151936),
+    "qwen2.5-7b": (3584, 152064),
     "llama-3-8b": (4096, 128256),
 }
 

@@ -205,7 +205,7 @@ def _needs(*modules):
 
 def _fused_unavailable(impl):
     def reason(device):
-        if impl == "triton" and device.type != "cuda":
+        if impl.startswith("triton") and device.type != "cuda":
             return ("needs a CUDA GPU (on the CPU Triton runs only in its interpreter, "
                     "TRITON_INTERPRET=1: a correctness tool at ~ms per tile, not a benchmark)")
         if impl == "cpp" and device.type != "cpu":

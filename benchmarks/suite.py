@@ -4,8 +4,9 @@ For every LM-head shape (a preset, or --hidden x --vocab) and token count, every
 the same RLSD loss from the same inputs (benchmarks/providers.py):
 - time of forward, backward and forward+backward, all providers interleaved in one fresh process
   per case (benchmarks/timecase.py);
-- peak memory above the inputs of one forward+backward, one fresh process per provider and case
-  (benchmarks/memprobe.py).
+- peak memory above the inputs of one forward+backward: on the CPU one fresh process per provider
+  and case (benchmarks/memprobe.py: the process's resident set); on CUDA in the timing process
+  (the allocator's peak, reset before each provider), so a GPU run starts one process per case.
 Providers that cannot run on the device get a row that says why; cases whose estimated memory does
 not fit are reported as "out of memory (needs N GiB)" without being attempted.
 Writes <results>/bench.csv, <results>/bench.md and <results>/{time,memory}_<series>.png.
@@ -30,6 +31,7 @@ from benchmarks.providers import KERNEL, MODES, default_provider, default_select
 DEFAULT_TOKENS = (512, 2048, 8192, 32768)
 DEFAULT_MAX_TIME_TOKENS = 8192
 LONG_TRACE = ("qwen2.5-0.5b", 32768)
+GPU_TARGETS = (("qwen2.5-7b", 8192), ("llama-3-8b", 16384), ("qwen2.5-0.5b", 32768))  # (LM head, tokens)
 QUICK = dict(series=[("quick", 64, 4096)], tokens=(256, 512), max_time_tokens=256, reps=1,
              mem_providers="default,eager")
 FIT_FRACTION = 0.9  # a case runs if its estimated need is at most this share of the memory available
@@ -54,8 +56,9 @@ def parse(argv=None):
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: forward, backward, full")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per step (interleaved)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--max-time-tokens", type=int, default=DEFAULT_MAX_TIME_TOKENS,
-                    help="time only cases with N <= this (memory is probed at every N); 0: no limit")
+    ap.add_argument("--max-time-tokens", type=int, default=None,
+                    help=f"time only cases with N <= this (memory is probed at every N); 0: no limit "
+                         f"(default: {DEFAULT_MAX_TIME_TOKENS} on the CPU, no limit on CUDA)")
     ap.add_argument("--mem-providers", default="all",
                     help="providers whose memory is probed: 'all', 'none', or names ('default' = the default impl)")
     ap.add_argument("--mem-budget-gib", type=float, default=None,
@@ -63,6 +66,9 @@ def parse(argv=None):
     ap.add_argument("--long-trace", action="store_true",
                     help=f"only the long-trace demonstration: one {LONG_TRACE[1]}-token fwd+bwd at the "
                          f"{LONG_TRACE[0]} head with the default impl, and eager's estimate")
+    ap.add_argument("--gpu-targets", action="store_true",
+                    help="the GPU speed targets' cases instead of a sweep: "
+                         + ", ".join(f"{p} head at {n} tokens" for p, n in GPU_TARGETS))
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, 1 rep (not figures to report)")
     ap.add_argument("--results", default="benchmarks/results", help="folder for bench.csv, bench.md, *.png")
     ap.add_argument("--no-plots", action="store_true")
@@ -179,37 +185,49 @@ class Suite:
                     for metric in ("time", "memory"):
                         self.row(preset, shape, name, "full", metric, st, reps=1, long_trace=True)
             return out
-        tokens = QUICK["tokens"] if a.quick else (a.tokens or DEFAULT_TOKENS)
-        for series, H, V in series_list(a):
-            for N in tokens:
-                shape = Shape(N, H, V, a.dtype)
-                if a.max_time_tokens and N > a.max_time_tokens:
-                    for name in self.selected:
-                        for mode in self.modes:
-                            self.row(series, shape, name, mode, "time",
-                                     f"skipped: N above --max-time-tokens {a.max_time_tokens}")
-                elif self.modes:
-                    out.append((f"time {series} N={N}", lambda s=series, sh=shape: self.time_job(s, sh)))
+        for series, shape in self.cases():
+            N = shape.N
+            if a.max_time_tokens and N > a.max_time_tokens:
                 for name in self.selected:
-                    if name not in self.mem_selected:
-                        self.row(series, shape, name, "full", "memory",
-                                 "skipped: " + ("--quick probes the default and eager only" if a.quick
-                                                else "not in --mem-providers"))
-                        continue
-                    st = self.status(name, shape)
-                    if st != "ok":
-                        self.row(series, shape, name, "full", "memory", st)
-                    else:
-                        out.append((f"memory {series} N={N} {name}",
-                                    lambda s=series, sh=shape, n=name: self.memory_job(s, sh, n)))
+                    for mode in self.modes:
+                        self.row(series, shape, name, mode, "time",
+                                 f"skipped: N above --max-time-tokens {a.max_time_tokens}")
+            elif self.modes or self.in_process_memory:
+                out.append((f"time {series} N={N}", lambda s=series, sh=shape: self.time_job(s, sh)))
+            for name in self.selected:
+                if name not in self.mem_selected:
+                    self.row(series, shape, name, "full", "memory",
+                             "skipped: " + ("--quick probes the default and eager only" if a.quick
+                                            else "not in --mem-providers"))
+                    continue
+                st = self.status(name, shape)
+                if st != "ok":
+                    self.row(series, shape, name, "full", "memory", st)
+                elif not self.in_process_memory:
+                    out.append((f"memory {series} N={N} {name}",
+                                lambda s=series, sh=shape, n=name: self.memory_job(s, sh, n)))
         return out
+
+    @property
+    def in_process_memory(self):
+        """CUDA peaks are measured in the timing process (see the module docstring)."""
+        return self.device.type == "cuda"
+
+    def cases(self):
+        """[(series, Shape)] in run order: the GPU targets, or every series x token count."""
+        a = self.args
+        if a.gpu_targets:
+            return [(p, Shape(N, *PRESETS[p], a.dtype)) for p, N in GPU_TARGETS]
+        tokens = QUICK["tokens"] if a.quick else (a.tokens or DEFAULT_TOKENS)
+        return [(series, Shape(N, H, V, a.dtype)) for series, H, V in series_list(a) for N in tokens]
 
     def time_job(self, series, shape):
         run = [n for n in self.selected if self.status(n, shape) == "ok"]
         res = {"times": {}, "failed": {}}
         if run:
             spec = dict(providers=run, modes=self.modes, N=shape.N, H=shape.H, V=shape.V, dtype=shape.dtype,
-                        device=self.args.device, reps=self.args.reps, warmup=self.args.warmup)
+                        device=self.args.device, reps=self.args.reps, warmup=self.args.warmup,
+                        memory=self.in_process_memory)
             try:
                 res = measure.run_child("benchmarks.timecase", spec)
             except measure.ChildFailed as e:
@@ -230,6 +248,10 @@ class Suite:
                     r["ratio_to_floor"] = round(t["median"] / floor[mode]["median"], 4)
                 if mode in eager:
                     r["ratio_to_eager"] = round(t["median"] / eager[mode]["median"], 4)
+        for name, peak in res.get("memory", {}).items():
+            if name in self.mem_selected:
+                mib = peak / MiB
+                self.row(series, shape, name, "full", "memory", "ok", dict(median=mib, p20=mib, p80=mib))
 
     def memory_job(self, series, shape, name, reps=None, long_trace=False):
         extra = dict(long_trace=True) if long_trace else {}
@@ -270,6 +292,8 @@ def list_providers(suite):
 
 def main(argv=None):
     args = parse(argv)
+    if args.max_time_tokens is None:
+        args.max_time_tokens = 0 if args.device.startswith("cuda") else DEFAULT_MAX_TIME_TOKENS
     if args.quick:
         args.reps, args.max_time_tokens = QUICK["reps"], QUICK["max_time_tokens"]
         args.mem_providers = QUICK["mem_providers"] if args.mem_providers == "all" else args.mem_providers

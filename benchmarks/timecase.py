@@ -5,8 +5,10 @@
 
 All providers share one set of inputs; each (provider, mode) step is warmed up (a provider that
 raises is reported with its error, not timed), then the steps are timed round-robin
-(:func:`benchmarks.measure.time_interleaved`). Prints one JSON line:
-{"times": {provider: {mode: summary}}, "failed": {provider: reason}}.
+(:func:`benchmarks.measure.time_interleaved`). With ``"memory": true`` (CUDA, where the allocator
+counts exactly what each step allocates) each provider's forward+backward peak above what is
+allocated before it is measured in the same process, after the timing. Prints one JSON line:
+{"times": {provider: {mode: summary}}, "failed": {provider: reason}, "memory": {provider: bytes}}.
 """
 
 import json
@@ -15,7 +17,7 @@ import sys
 import torch
 
 from benchmarks.inputs import Shape, make_inputs
-from benchmarks.measure import time_interleaved, time_once
+from benchmarks.measure import peak_bytes, reset_peak, time_interleaved, time_once
 from benchmarks.providers import registry, step
 
 
@@ -40,7 +42,16 @@ def run(spec):
     out = {}
     for (name, mode), t in times.items():
         out.setdefault(name, {})[mode] = t
-    return {"times": out, "failed": failed}
+    memory = {}
+    if spec.get("memory"):
+        for name in spec["providers"]:
+            if name not in failed:
+                full = step(reg[name].build(x), "full")
+                before = reset_peak(device)
+                time_once(full, device)
+                memory[name] = peak_bytes(device) - before
+                del full
+    return {"times": out, "failed": failed, "memory": memory}
 
 
 if __name__ == "__main__":

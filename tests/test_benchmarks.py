@@ -120,3 +120,36 @@ def test_eager_memory_estimate_matches_a_measured_peak():
     measured = measure.peak_memory_in_subprocess("eager", shape)
     estimate = registry()["eager"].extra_bytes(shape)
     assert 0.75 < measured / estimate < 1.25, (measured / MiB, estimate / MiB)
+
+
+def test_gpu_targets_plan_the_three_cases_with_memory_in_the_timing_process(tmp_path, monkeypatch):
+    """On CUDA one timing process per case also returns the peaks (no memory process is started)."""
+    specs = []
+
+    def fake_child(module, spec, timeout=None):
+        assert module == "benchmarks.timecase" and spec["memory"], (module, spec)
+        specs.append(spec)
+        fake = {"median": 0.01, "p20": 0.01, "p80": 0.01}
+        return {"times": {n: {m: fake for m in spec["modes"]} for n in spec["providers"]}, "failed": {},
+                "memory": {n: 7 * MiB for n in spec["providers"]}}
+
+    monkeypatch.setattr(measure, "run_child", fake_child)
+    monkeypatch.setattr(measure, "available_bytes", lambda device="cpu": 80 << 30)
+    monkeypatch.setattr(suite.Suite, "in_process_memory", property(lambda self: True))
+    suite.main(["--gpu-targets", "--dtype", "bfloat16", "--providers", "gemm-floor,eager,rlsd-chunked",
+                "--max-time-tokens", "0", "--mem-budget-gib", "80", "--results", str(tmp_path), "--no-plots"])
+    assert [(s["H"], s["V"], s["N"]) for s in specs] == [
+        (*PRESETS[p], n) for p, n in suite.GPU_TARGETS]
+    _, rows = _rows(tmp_path / "bench.csv")
+    memory = [r for r in rows if r["metric_name"] == "memory" and r["status"] == "ok"]
+    assert {r["kernel_provider"] for r in memory} == {"gemm-floor", "eager", "rlsd-chunked"}
+    assert all(float(r["y_value_50"]) == 7 for r in memory)
+
+
+def test_timing_process_measures_each_providers_peak(monkeypatch):
+    from benchmarks import timecase
+
+    res = timecase.run(dict(providers=["eager", "rlsd-chunked"], modes=["full"], N=64, H=16, V=512,
+                            dtype="float32", device="cpu", reps=1, warmup=1, memory=True))
+    assert set(res["memory"]) == {"eager", "rlsd-chunked"} and not res["failed"]
+    assert all(isinstance(b, int) for b in res["memory"].values())
