@@ -187,9 +187,12 @@ def load_checkpoint(path: str, *, model, optimizer, sampler, config: dict = None
         if diff:
             raise CheckpointError(f"{path} was written by a different config: {'; '.join(diff)} "
                                   f"(only {', '.join(RESUMABLE_CHANGES)} may change on resume)")
-    load_weights(model, os.path.join(path, "model"))
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+    try:
+        sampler.load_state_dict(state["sampler"])  # checks that it fits this training set first
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    load_weights(model, os.path.join(path, "model"))
     optimizer.load_state_dict(state["optimizer"])
-    sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     return state

@@ -176,6 +176,16 @@ def test_resume_with_a_different_config(run_copy):
     assert trainer.resume() == 4
 
 
+def test_resume_on_another_training_set(run_copy):
+    model, tok = tiny_setup()
+    cfg = make_config(run_copy, algo=SECTIONS["algo"], teacher=SECTIONS["teacher"], train={"impl": "eager"})
+    trainer = Trainer(cfg, model, tok, examples(answer="7")[:10])
+    before = params(trainer.model)
+    with pytest.raises(CheckpointError, match="step_000004: the sampler state does not fit this training set"):
+        trainer.resume()
+    assert unchanged(before, trainer.model)
+
+
 def test_config_differences():
     saved = config_to_dict(Config())
     changed = config_to_dict(Config())
