@@ -186,6 +186,20 @@ def test_resume_on_another_training_set(run_copy):
     assert unchanged(before, trainer.model)
 
 
+def test_metrics_log_after_a_kill(tmp_path):
+    from rlsd.metrics import MetricsLog, read_jsonl
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "loss": 0.')
+    assert read_jsonl(str(path)) == [{"step": 1}, {"step": 2}, {"step": 3}]  # the cut record is left out
+    log = MetricsLog(str(path))
+    log.log({"step": 3, "loss": 1.0})  # a run restarting at step 3 replaces steps 3 and later
+    log.log({"step": 4})
+    assert read_jsonl(str(path)) == [{"step": 1}, {"step": 2}, {"step": 3, "loss": 1.0}, {"step": 4}]
+    path.write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not a JSON record"):
+        MetricsLog(str(path)).truncate_after(5)
+
+
 def test_config_differences():
     saved = config_to_dict(Config())
     changed = config_to_dict(Config())
