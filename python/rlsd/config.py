@@ -182,6 +182,7 @@ def _type_problems(obj, where: str) -> list:
     for f in dataclasses.fields(obj):
         key, value = f"{where}.{f.name}".lstrip("."), getattr(obj, f.name)
         kind, optional = _unwrap(hints[f.name])
+        kind = typing.get_origin(kind) or kind  # list[int] -> list
         if value is None and optional:
             continue
         if dataclasses.is_dataclass(kind):
