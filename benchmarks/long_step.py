@@ -6,7 +6,7 @@ real model). One prompt, one response of each ``--lengths``; the trainer's own c
 (python/rlsd): gradient checkpointing, SDPA attention, the student's hidden states at the response
 positions, a live teacher (privileged prompt + the same response, no grad, hidden states only), the
 LM-head loss, then the student's backward and AdamW. Each (length, head) runs in a fresh process,
-after a warm-up step at 256 tokens (optimizer state allocated, extensions loaded): the time of each
+after a warm-up step at 64 tokens (optimizer state allocated, extensions loaded): the time of each
 part and the peak memory of the step (CPU: resident set, VmHWM reset before the step; CUDA:
 ``max_memory_allocated``). The fused head is ``rlsd_loss``'s default impl; the eager head
 (``impl="eager"``) runs where its estimated need fits, else its row says "out of memory (needs N
@@ -32,12 +32,12 @@ QWEN = dict(hidden_size=896, vocab_size=151936, num_attention_heads=14, num_key_
             intermediate_size=4864, tie_word_embeddings=True, rms_norm_eps=1e-6, hidden_act="silu")
 PROMPT_TOKENS = 64        # the student's prompt
 PRIVILEGED_TOKENS = 192   # the teacher's prompt: the same prompt plus a reference
-WARMUP_TOKENS = 256
+WARMUP_TOKENS = 64
 PARTS = ("student_forward", "teacher", "loss", "student_backward", "optimizer")
 HEADS = {"fused": "auto", "eager": "eager"}
 FIELDS = ["response_tokens", "head", "status", "step_s", *[f"{p}_s" for p in PARTS], "peak_gib",
-          "peak_above_state_gib", "state_gib", "peak_part", "layers", "device", "device_name", "threads",
-          "torch", "timestamp"]
+          "peak_above_state_gib", "state_gib", "maxrss_gib", "peak_part", "attention", "layers", "device", "device_name", "threads",
+          "torch", "timestamp", "note"]
 
 
 def model_config(layers: int, length: int):
@@ -132,6 +132,7 @@ def child(spec: dict) -> dict:
     peak = peak_bytes(device)
     return dict(parts={p: s for p, (s, _) in marks.items()}, peak=peak, state=state,
                 peak_part=next(p for p, (_, b) in marks.items() if b >= peak),
+                attention=step.model.config._attn_implementation,
                 maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
@@ -153,8 +154,10 @@ def run_case(args, length: int, head: str, env: dict, scale: float = 1.0) -> dic
     except measure.ChildFailed as e:
         return dict(row, status=f"failed: {e}")
     row.update(status="ok", step_s=round(sum(res["parts"].values()), 2), peak_part=res["peak_part"],
+               attention=res["attention"],
                peak_gib=round(res["peak"] / 2 ** 30, 2), state_gib=round(res["state"] / 2 ** 30, 2),
-               peak_above_state_gib=round((res["peak"] - res["state"]) / 2 ** 30, 2))
+               peak_above_state_gib=round((res["peak"] - res["state"]) / 2 ** 30, 2),
+               maxrss_gib=round(res["maxrss"] / 2 ** 30, 2))
     row.update({f"{p}_s": round(s, 2) for p, s in res["parts"].items()})
     return row
 
@@ -162,11 +165,12 @@ def run_case(args, length: int, head: str, env: dict, scale: float = 1.0) -> dic
 def markdown(rows: list, args, env: dict, wall: float) -> str:
     head = ["response tokens", "head", "step s", "student fwd", "teacher", "loss fwd+bwd", "student bwd",
             "optimizer", "peak GiB", "above state GiB", "peak in"]
+    attention = ", ".join(sorted({r["attention"] for r in rows if r.get("attention")})) or "no step ran"
     lines = [f"One RLSD training step, Qwen2.5-0.5B architecture and vocabulary with {args.layers} decoder "
-             f"layer(s) (random weights, float32), gradient checkpointing, SDPA attention, live teacher; "
+             f"layer(s) (random weights, float32), gradient checkpointing, attention {attention}, live teacher; "
              f"prompt {PROMPT_TOKENS} tokens, privileged prompt {PRIVILEGED_TOKENS}.",
              "",
-             f"Device: {env['device_name']}; torch {env['torch']}; {env['timestamp']}; whole run {wall / 60:.1f} min."
+             f"Device: {env['device_name']}; torch {env['torch']}; started {env['timestamp']}; {wall / 60:.1f} min for the cases in this table."
              + (f" {args.note}" if args.note else ""),
              "Peak: CPU resident set (VmHWM, reset after the warm-up) / CUDA max allocated, of the whole process "
              "during the step; state = what the process held before it (weights, AdamW state, libraries).",
@@ -187,7 +191,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.long_step", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="2048,8192,16384,32768",
-                    help="comma-separated response lengths (2048: where eager fits on a 24 GiB machine)")
+                    help="comma-separated response lengths, run in this order (2048: where eager fits in 24 GiB; "
+                         "eager's need at other lengths is scaled by what it measured at the last one it ran)")
     ap.add_argument("--layers", type=int, default=1, help="decoder layers (Qwen2.5-0.5B has 24)")
     ap.add_argument("--heads", default="eager,fused", help="comma-separated: fused (default impl), eager")
     ap.add_argument("--device", default="cpu")
@@ -197,23 +202,31 @@ def main(argv=None):
     from benchmarks.suite import device_name
     env = dict(layers=args.layers, device=args.device, device_name=device_name(torch.device(args.device)),
                threads=torch.get_num_threads(), torch=torch.__version__,
-               timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+               timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), note=args.note)
     rows, scale, start = [], 1.0, time.perf_counter()
-    for length in sorted(int(v) for v in args.lengths.split(",") if v):
-        for head in args.heads.split(","):
+    heads = args.heads.split(",")
+    for length in (int(v) for v in args.lengths.split(",") if v):
+        for head in heads:
             rows.append(run_case(args, length, head, env, scale))
             print(json.dumps(rows[-1]), flush=True)
-            if head == "eager" and rows[-1]["status"] == "ok":  # measured / estimated, for longer lengths
+            if head == "eager" and rows[-1]["status"] == "ok":  # measured / estimated, for the other lengths
                 scale = max(1.0, rows[-1]["peak_above_state_gib"] * 2 ** 30 / eager_loss_bytes(length))
-    text = markdown(rows, args, env, time.perf_counter() - start)
+            rows.sort(key=lambda r: (r["response_tokens"], heads.index(r["head"])))
+            text = write(rows, args, env, time.perf_counter() - start)
+    print(text)
+
+
+def write(rows: list, args, env: dict, wall: float) -> str:
+    """long_step.csv and long_step.md under ``args.results`` (rewritten after every case)."""
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "long_step.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
         w.writeheader()
         w.writerows(rows)
+    text = markdown(rows, args, env, wall)
     with open(os.path.join(args.results, "long_step.md"), "w") as f:
         f.write(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
