@@ -47,7 +47,9 @@ class Teacher:
 
     @torch.no_grad()
     def hidden(self, contexts: list, responses: list, pad_id: int, device=None):
-        """Teacher hidden states [B, T, H] at the response positions, and its LM head (weight, bias)."""
+        """Teacher hidden states [B, T, H] at the response positions, and its LM head (weight, bias).
+        The decoder body only: no [T, V] logits; the fused loss applies the head chunk by chunk. The
+        trainer calls it per micro-batch, so ``train.micro_batch_tokens`` bounds this pass too."""
         net = self.model if self.frozen is None else self.frozen
         hidden, _, _ = response_hidden(net, contexts, responses, pad_id, device)
         return hidden, lm_head(net)
