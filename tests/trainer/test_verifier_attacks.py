@@ -42,7 +42,15 @@ def ex(answer, **meta):
 
 @pytest.fixture(scope="module")
 def code():
+    """The verifier as attacks meet it (short timeout: they earn 0 either way)."""
     v = make_verifier("code", timeout=3.0)
+    return lambda response, tests=TESTS: v(response, ex(tests))
+
+
+@pytest.fixture(scope="module")
+def patient():
+    """The verifier with a timeout long enough for a loaded machine, for responses that must pass."""
+    v = make_verifier("code", timeout=30.0)
     return lambda response, tests=TESTS: v(response, ex(tests))
 
 
@@ -200,11 +208,11 @@ def test_environment_does_not_leak(code, monkeypatch):
 
 
 @needs_bwrap
-def test_signals_reach_only_the_sandbox(code):
+def test_signals_reach_only_the_sandbox(code, patient):
     for attack in ["import os\nos.kill(-1, 9)\n", "import os\nos.kill(os.getppid(), 9)\n",
                    "import os\nos.killpg(0, 9)\n"]:
         assert code(attack + BAD).reward == 0.0
-    assert code(GOOD).reward == 1.0  # this process and the verifier survived
+    assert patient(GOOD).reward == 1.0  # this process and the verifier survived
 
 
 @needs_bwrap
@@ -222,16 +230,16 @@ def test_resource_bombs_are_bounded(code):
 
 
 @needs_bwrap
-def test_output_is_bounded_and_ignored(code):
+def test_output_is_bounded_and_ignored(code, patient):
     flood = "import os, sys\nsys.stdout.write('x' * 10**8)\nsys.stderr.write('x' * 10**8)\n"
-    assert code(flood + GOOD).reward == 1.0  # the issue's case: output does not change the reward
+    assert patient(flood + GOOD).reward == 1.0  # the issue's case: output does not change the reward
     verdict = code("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'y' * (8 << 20))\n"
                    "    except OSError:\n        pass\n" + BAD)
     assert verdict.reward == 0.0 and len(verdict.reason) < 5000
 
 
 @needs_bwrap
-def test_correct_solutions_still_pass(code):
+def test_correct_solutions_still_pass(patient):
     solutions = [
         GOOD,
         "from functools import lru_cache\n@lru_cache(None)\ndef f(x):\n    return 2 * x",
@@ -243,7 +251,7 @@ def test_correct_solutions_still_pass(code):
         "import warnings\nwarnings.warn('noisy')\nprint('hello')\nopen('/tmp/scratch', 'w').write('ok')\n" + GOOD,
     ]
     for solution in solutions:
-        verdict = code(solution, TESTS + "\nimport math\nassert math.isclose(f(0.5), 1.0)")
+        verdict = patient(solution, TESTS + "\nimport math\nassert math.isclose(f(0.5), 1.0)")
         assert verdict.reward == 1.0, (solution, verdict)
 
 
@@ -307,10 +315,9 @@ def test_json_huge_numbers_and_deep_nesting():
 
 
 def test_math_hostile_latex_is_time_bounded():
-    start = time.monotonic()
     for text in [r"$\boxed{9^{9^{9^{9}}}}$", r"$\boxed{10^{10^{10^{10}}}}$", r"$\boxed{100000000!}$",
                  "$" + "x+" * 30_000 + "1$", "$" + "\\frac{1}{" * 3000 + "2" + "}" * 3000 + "$", "9" * 200_000]:
+        start = time.monotonic()
         verdict = verify("math", text, ex("2"), timeout=2.0)
-        assert verdict.reward == 0.0, verdict
-    assert time.monotonic() - start < 25
+        assert verdict.reward == 0.0 and time.monotonic() - start < 12, verdict  # 2 s, or a worker's restart
     assert verify("math", r"$\boxed{\frac{1}{2}}$", ex("0.5")).reward == 1.0

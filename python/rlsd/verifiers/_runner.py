@@ -13,15 +13,14 @@ receives a frame either. This file is standard library only; it is not imported 
 
 import _thread
 import builtins
+import importlib  # noqa: F401  its import renames the frozen import machinery's modules
 import json
+import opcode
 import os
 import resource
 import signal
 import sys
-
-# Modules the standard library needs frames to import: loaded before the hook refuses frames.
-import bisect, collections, copy, dataclasses, enum, functools, heapq, itertools, math, operator, re  # noqa: E401,F401,E501
-import string, types, typing  # noqa: E401,F401
+import types  # noqa: F401  its import reads a traceback's frame: loaded before the hook refuses frames
 
 ModuleType = type(sys)
 _modules, _sys_vars = sys.modules, vars(sys)
@@ -51,19 +50,36 @@ def _ids(pairs):
     return tuple(id(x) for pair in pairs for x in pair)
 
 
-def _state():
-    """Identities of everything the tests reach through imports: sys.modules, the import machinery,
-    every module's namespace and the attributes of its classes."""
+def _state(names):
+    """Identities of what the tests reach through imports: the import machinery, and the modules
+    ``names`` in sys.modules with their namespaces and the attributes of their classes."""
     machinery = [_sys_vars.get(k) for k in ("modules", "meta_path", "path_hooks", "path")]
-    items = [tuple(map(id, machinery)), _ids(machinery[1:]), _ids(list(_modules.items()))]
-    for name, module in list(_modules.items()):
+    items = [tuple(map(id, machinery)), _ids(machinery[1:])]
+    for name in sorted(names):
+        module = _modules.get(name)
+        items.append((id(name), id(module)))
         if name in ("sys", "builtins", "__main__") or type(module) is not ModuleType:
             continue
         for key, value in list(vars(module).items()):
+            if type(value) is ModuleType and _modules.get(f"{name}.{key}") is value:
+                continue  # a submodule: importing it adds this attribute, and it is checked on its own
             items.append((id(key), id(value)))
             if isinstance(value, type) and value.__flags__ & (1 << 9):  # heap type: attributes can change
                 items.append(_ids(list(vars(value).items())))
     return tuple(items)
+
+
+def _imported(code):
+    """Names of the modules that ``code`` and the functions in it import."""
+    names, op = set(), opcode.opmap["IMPORT_NAME"]
+    raw = code.co_code
+    for i in range(0, len(raw), 2):
+        if raw[i] == op:  # its argument fits in one byte when the names are few; larger ones are skipped
+            names.add(code.co_names[raw[i + 1]])
+    for const in code.co_consts:
+        if type(const) is type(code):
+            names |= _imported(const)
+    return names
 
 
 def _forget(names):
@@ -80,19 +96,23 @@ def _run(token, report_fd, err_fd, code, tests):
     pristine = dict(vars(builtins))
     snapshot = _ids(pristine.items())
     preloaded = set(_modules)
-    before = _state()
+    before = _state(preloaded)
     outcome = "tests passed"
     try:
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         exec(compile(code, "<solution>", "exec"), namespace)
         _forget(set(_modules) - preloaded)  # the tests import fresh copies of what it imported
-        if _state() != before:
+        if _state(preloaded) != before:
             raise RuntimeError("the solution changed a module it did not import")
-        start = _state()
+        tests = compile(tests, "<tests>", "exec")
+        for name in _imported(tests):  # imported now, so that their state is checked below
+            __import__(name)
+        present = set(_modules)
+        start = _state(present)
         env = {k: v for k, v in namespace.items() if k != "__builtins__"}
         env["__builtins__"] = pristine
-        exec(compile(tests, "<tests>", "exec"), env)
-        if _state() != start or _ids(pristine.items()) != snapshot:
+        exec(tests, env)
+        if _state(present) != start or _ids(pristine.items()) != snapshot:
             raise RuntimeError("a module or builtin changed while the tests ran")
         if count() != 1:
             raise RuntimeError("threads started by the solution are still running")

@@ -7,16 +7,20 @@ token that it writes after the last test statement has returned: exit codes, ``s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import secrets
+import select
 import signal
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from . import Verdict, register
 from .sandbox import bwrap_command, check_bwrap, python_executable
@@ -47,14 +51,17 @@ def check_sandbox(sandbox: str = "bwrap", **_) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _read_report(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, 4096)
-    except BlockingIOError:
-        return b""
-    finally:
-        os.close(fd)
+def _read_report(fd: int, timeout: float) -> Optional[bytes]:
+    """The first bytes written to ``fd`` once every writer has exited; None at the deadline."""
+    report, deadline = b"", time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return report
+        report = (report + chunk)[:4096]
 
 
 def _last_line(err) -> str:
@@ -82,15 +89,17 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
                                     pass_fds=(write_fd,), env=env, cwd=cwd, start_new_session=True)
         finally:
             os.close(write_fd)
-        payload = token + b"\n" + json.dumps({"code": code, "tests": tests}).encode()
         try:
-            proc.communicate(payload, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(BrokenPipeError), proc.stdin:
+                proc.stdin.write(token + b"\n" + json.dumps({"code": code, "tests": tests}).encode())
+            report = _read_report(read_fd, timeout)
+        finally:
+            os.close(read_fd)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            _read_report(read_fd)
+        if report is None:
             return Verdict(0.0, f"timeout after {timeout}s")
-        report = _read_report(read_fd)
         if report == token:
             return Verdict(1.0, "ok")
         return Verdict(0.0, f"failed: {_last_line(err)}")
