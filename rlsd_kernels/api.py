@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import autograd, checks
-from .math import KL_TYPES, LOSS_AGGS, RLSDConfig, masked_mean, opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss
+from .math import LOSS_AGGS, RLSDConfig, masked_mean, opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss
 from .ops import IMPLS, HeadBackend, auto, get_backend, usable
 
 _D = RLSDConfig  # the option defaults live in one place: RLSDConfig's fields
@@ -30,8 +30,7 @@ def resolve_impl(impl: str, device: torch.device, weight=None, memory_budget=Non
 
 def _select(impl, hidden, weight, memory_budget) -> HeadBackend:
     """The backend object for ``impl`` (a name, or a backend such as ``VocabParallel``)."""
-    if memory_budget is not None and not (isinstance(memory_budget, int) and memory_budget > 0):
-        raise ValueError(f"memory_budget must be a number of bytes > 0 (or None), got {memory_budget!r}")
+    memory_budget = checks.count(memory_budget, "memory_budget")
     if isinstance(impl, HeadBackend):
         return impl.with_memory_budget(memory_budget)
     checks.floating(hidden, "hidden")
@@ -51,6 +50,7 @@ def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0
     """
     backend = _select(impl, hidden, weight, memory_budget)
     checks.head(hidden, weight, bias, targets, temperature, None, backend.vocab_size(weight))
+    return_entropy = checks.flag(return_entropy, "return_entropy")
     H = hidden.shape[-1]
     lp, ent = autograd.LinearLogprobs.apply(hidden.reshape(-1, H), weight, bias, targets.reshape(-1).long(),
                                             1.0 / temperature, return_entropy, backend)
@@ -77,10 +77,9 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     entropy_mean when the entropy is computed: ``entropy_coef != 0`` or ``compute_entropy``).
     ``memory_budget`` as in :func:`fused_linear_logprobs`.
     """
-    cfg = RLSDConfig(lam=float(lam), eps_w=float(eps_w), eps_low=float(eps_low), eps_high=float(eps_high),
-                     dual_clip=None if dual_clip is None else float(dual_clip), kl_coef=float(kl_coef),
-                     kl_type=kl_type, entropy_coef=float(entropy_coef), negative_only=bool(negative_only))
-    _check_rlsd_options(cfg)
+    cfg = checks.rlsd_options(lam=lam, eps_w=eps_w, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
+                              kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef, negative_only=negative_only)
+    compute_entropy = checks.flag(compute_entropy, "compute_entropy")
     backend = _select(impl, hidden, weight, memory_budget)
     _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
@@ -115,29 +114,12 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     return loss, rlsd_metrics(cfg, stats.lp, stats.ent, tok)
 
 
-def _check_rlsd_options(cfg: RLSDConfig):
-    if not 0.0 <= cfg.lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {cfg.lam}")
-    if not 0.0 <= cfg.eps_w < 1.0:
-        raise ValueError(f"eps_w must be in [0, 1), got {cfg.eps_w}")
-    if not 0.0 <= cfg.eps_low < 1.0:
-        raise ValueError(f"eps_low must be in [0, 1), got {cfg.eps_low}")
-    checks.positive(cfg.eps_high, "eps_high")
-    if cfg.dual_clip is not None and not cfg.dual_clip > 1.0:
-        raise ValueError(f"dual_clip must be > 1 (or None), got {cfg.dual_clip}")
-    if cfg.kl_type not in KL_TYPES:
-        raise ValueError(f"kl_type must be one of {KL_TYPES}, got {cfg.kl_type!r}")
-    checks.positive(cfg.kl_coef, "kl_coef")
-
-
 def _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg,
                        normalizer, **per_token):
     checks.head(hidden, weight, bias, targets, temperature, 3, backend.vocab_size(weight))
     shape = targets.shape
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    checks.same_shape(mask, "mask", shape, "one entry per token, like targets")
-    checks.same_device(hidden.device, mask=mask, teacher_hidden=teacher_hidden)
+    checks.mask(mask, shape, hidden.device)
+    checks.same_device(hidden.device, teacher_hidden=teacher_hidden)
     if teacher_hidden is not None:
         checks.floating(teacher_hidden, "teacher_hidden", 3)
         checks.same_shape(teacher_hidden, "teacher_hidden", hidden.shape, "like hidden")
@@ -148,10 +130,7 @@ def _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature
         checks.per_token(t, name, shape, hidden.device)
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-    if normalizer is not None:
-        n = normalizer.item() if isinstance(normalizer, torch.Tensor) and normalizer.device.type == "cpu" else normalizer
-        if not isinstance(n, torch.Tensor) and not (isinstance(n, (int, float)) and n > 0):
-            raise ValueError(f"normalizer must be a number > 0, got {normalizer!r}")
+    checks.normalizer(normalizer, hidden.device)
 
 
 def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_logprobs=None, form="sampled",
@@ -166,8 +145,7 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
     """
     if form not in ("sampled", "jsd"):
         raise ValueError(f"form must be 'sampled' or 'jsd', got {form!r}")
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    beta = checks.number(beta, "beta", low=0.0, high=1.0)
     backend = _select(impl, hidden, weight, memory_budget)
     _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, token_weights=token_weights)

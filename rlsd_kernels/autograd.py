@@ -143,7 +143,7 @@ def sampled_token_loss(backend: HeadBackend, hidden, weight, bias, targets, inv_
     out = {}
 
     def sweep(need_grad, need_weight_grad):
-        res = backend.loss_and_grad(rows.take(hidden), weight, bias, rows.take(targets).long(), inv_tau,
+        res = backend.loss_and_grad(rows.take(hidden), weight, bias, rows.take(targets.long()), inv_tau,
                                     want_entropy, rows.take(teacher_hidden),
                                     token_fn(loss_of, tok, with_entropy_grad), need_grad, need_weight_grad)
         out["stats"] = res.stats

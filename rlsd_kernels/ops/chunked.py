@@ -1,17 +1,22 @@
-"""Row-chunked LM-head pass: one GEMM per chunk of rows into a reused buffer, pluggable epilogues.
+"""Chunked LM-head passes: GEMMs into reused buffers, pluggable epilogues, never [N, V].
 
-For each chunk of ``n`` rows the teacher's [n, V] logits (if any) are formed and reduced to its
-target log-prob, then the student's logits are formed in the same buffer and reduced to
-(lp, lse, ent) by ``row_stats``; once the per-token coefficients are known, ``dlogits_`` turns the
-buffer into dz, and the dh and dW GEMMs consume it. Four GEMMs in all for a loss with a teacher,
-none repeated; peak extra memory is the chunk buffers (``chunk_bytes`` together) plus the dW
-accumulator, never [N, V].
+Float32 / float64 (every CPU call): one sweep over chunks of ``n`` rows. The teacher's [n, V]
+logits (if any) are formed and reduced to its target log-prob, then the student's logits are formed
+in the same buffer and reduced to (lp, lse, ent) by ``row_stats``; once the per-token coefficients
+are known, ``dlogits_`` turns the buffer into dz in place, and the dh and dW GEMMs consume it: four
+GEMMs in all for a loss with a teacher, none repeated, dW accumulated over chunks.
 
-GEMM precision: float32 and float64 inputs are multiplied in their dtype. On CUDA, bfloat16 and
-float16 inputs are multiplied in their dtype on the tensor cores with float32 results (logits, dh
-and the dW accumulator are float32); dz is rounded to the input dtype for the two gradient GEMMs,
-as in any bf16 backward. Elsewhere low-precision inputs are computed in float32.
+bfloat16 / float16 on CUDA: the GEMMs run in that dtype on the tensor cores with float32 results,
+in two sweeps. The statistics sweep goes over row chunks as above (teacher and student logits,
+float32). The gradient sweep goes over blocks of ``w`` vocabulary rows: z = h W_blk^T [N, w] is
+formed again, turned into dz (rounded to the input dtype, as in any bf16 backward), then
+dh += dz W_blk (a float32 [N, H] accumulator) and dW_blk = dz^T h, written once with float32
+accumulation inside the GEMM. Five GEMMs instead of four, but no [V, H] float32 accumulator is read
+and rewritten once per row chunk (at the heads this targets that traffic costs more than the fifth
+GEMM: benchmarks/NOTES.md, section 4), the per-token math runs once on all rows, and dW is rounded
+once, as in plain PyTorch.
 
+Peak extra memory: the chunk buffers (``chunk_bytes`` together) plus dW / dh, never [N, V].
 Epilogues: plain PyTorch here (impl ``"chunked"``), fused C++ (``ops/cpp.py``, impl ``"cpp"``) or
 Triton (``ops/triton/epilogue.py``, impl ``"triton"``), all with the signatures of
 :func:`torch_row_stats` and :func:`torch_dlogits_`.
@@ -30,7 +35,7 @@ from . import gemm
 from .base import Grads, HeadBackend, JSDAndGrad, LossAndGrad, Stats, compute_dtype
 
 CPU_CHUNK_BYTES = 64 << 20    # one float32 buffer of logits: fits the CPU's caches well enough
-CUDA_CHUNK_BYTES = 512 << 20  # logits + dz buffers: >= ~600 rows at V = 152k, large enough for full-speed GEMMs
+CUDA_CHUNK_BYTES = 512 << 20  # >= ~880 rows (or vocabulary rows at N = 32k: ~2700) of float32 logits at V = 152k
 
 
 def torch_row_stats(z, y, inv_tau: float, want_entropy: bool):
@@ -46,13 +51,16 @@ def torch_row_stats(z, y, inv_tau: float, want_entropy: bool):
 
 def torch_dlogits_(z, y, lse, g_lp, g_ent, ent, inv_tau: float, out=None):
     """dz = inv_tau (g_lp (onehot - p) - g_ent p (log p + ent)), written over z (and copied to
-    ``out``, of the GEMM dtype, when given)."""
+    ``out``, of the GEMM dtype, when given). Targets outside [0, z.shape[1]) (another vocabulary
+    block's) add no one-hot term."""
     z.mul_(inv_tau).sub_(lse.unsqueeze(1))  # log p
     coef = g_lp.unsqueeze(1)
     if g_ent is not None:
         coef = (z + ent.unsqueeze(1)).mul_(g_ent.unsqueeze(1)).add_(coef)
     z.exp_().mul_(coef).mul_(-inv_tau)
-    z.scatter_add_(1, y.unsqueeze(1), (inv_tau * g_lp).unsqueeze(1).to(z.dtype))
+    inside = (y >= 0) & (y < z.shape[1])
+    z.scatter_add_(1, y.clamp(0, z.shape[1] - 1).unsqueeze(1),
+                   torch.where(inside, inv_tau * g_lp, 0.0).unsqueeze(1).to(z.dtype))
     if out is not None:
         out.copy_(z)
 
@@ -70,11 +78,12 @@ class _Plan:
     """How one call runs: stats dtype, GEMM operands, rows per chunk and the reused buffers."""
 
     cd: torch.dtype                 # statistics / gradient dtype (float32, float64 for float64)
+    low: bool                       # bf16 / fp16 tensor-core GEMMs with float32 results (CUDA)
     W: torch.Tensor                 # the head in the GEMM dtype
     b: Optional[torch.Tensor]       # the bias in cd
     rows: int
-    z: torch.Tensor                 # [rows, V] logits buffer, cd
-    dz: Optional[torch.Tensor]      # [rows, V] dz in the GEMM dtype when it differs from cd
+    z: Optional[torch.Tensor]       # [rows, V] logits buffer, cd
+    budget: int                     # bytes of chunk buffers
 
 
 class ChunkedHead(HeadBackend):
@@ -98,20 +107,18 @@ class ChunkedHead(HeadBackend):
     def _epilogues(self, dtype) -> Epilogues:
         return self.epilogues if dtype == torch.float32 else TORCH_EPILOGUES  # float64: exact torch ones
 
-    def _plan(self, h, W, b, vocab_size=None) -> _Plan:
+    def _plan(self, h, W, b, vocab_size=None, buffer=True) -> _Plan:
         """Chunk rows from ``chunk_bytes`` (the device's default when None) for a vocabulary of
-        ``vocab_size`` (by default W's), and the buffers."""
+        ``vocab_size`` (by default W's), and (``buffer``) the [rows, V] logits buffer."""
         cd = compute_dtype(h)
         low = self.low_precision_gemms and gemm.low_precision(h)
         V = W.shape[0] if vocab_size is None else vocab_size
-        per_row = V * (torch.finfo(cd).bits // 8 + (W.element_size() if low else 0))
         budget = self.chunk_bytes or (CUDA_CHUNK_BYTES if h.is_cuda else CPU_CHUNK_BYTES)
-        rows = max(1, min(h.shape[0], budget // per_row))
+        rows = max(1, min(h.shape[0], budget // (V * torch.finfo(cd).bits // 8)))
         W_ = W if low else W.to(cd)
         b_ = None if b is None else b.to(cd)
-        z = torch.empty(rows, W.shape[0], dtype=cd, device=h.device)
-        dz = torch.empty(rows, W.shape[0], dtype=W.dtype, device=h.device) if low else None
-        return _Plan(cd, W_, b_, rows, z, dz)
+        z = torch.empty(rows, W.shape[0], dtype=cd, device=h.device) if buffer else None
+        return _Plan(cd, low, W_, b_, rows, z, budget)
 
     def _rows(self, h, plan):
         for start in range(0, h.shape[0], plan.rows):
@@ -135,12 +142,6 @@ class ChunkedHead(HeadBackend):
         db = new(W.shape[0], dtype=cd, device=h.device) if (b is not None and need_weight_grad) else None
         return Grads(dh, dW, db)
 
-    def _dz(self, plan, z, y, lse, g_lp, g_ent, ent, inv_tau):
-        """dz of the chunk in the GEMM dtype (in place in z unless a separate buffer exists)."""
-        out = None if plan.dz is None else plan.dz[: z.shape[0]]
-        self._epilogues(plan.cd).dlogits_(z, y, lse, g_lp, g_ent, ent, inv_tau, *(() if out is None else (out,)))
-        return z if out is None else out
-
     def _accumulate(self, dz, hc, plan, sl, grads: Grads):
         gemm.backward(dz, hc, plan.W, grads, sl, first=sl.start == 0)
 
@@ -149,18 +150,48 @@ class ChunkedHead(HeadBackend):
         return self._sweep(h, W, b, y, inv_tau, want_entropy, h_teacher, None, False, False).stats
 
     def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
-        plan = self._plan(h, W, b)
+        plan = self._plan(h, W, b, buffer=not (self.low_precision_gemms and gemm.low_precision(h)))
+        if plan.low:
+            return self._backward_by_vocab(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad, plan)
+        dlogits_ = self._epilogues(plan.cd).dlogits_
         grads = self._new_grads(h, W, b, plan.cd, need_weight_grad)
         for sl in self._rows(h, plan):
             hc = self._operand(h, sl, plan)
             z = self._logits(hc, plan, hc.shape[0])
-            dz = self._dz(plan, z, y[sl], stats.lse[sl], g_lp[sl], None if g_ent is None else g_ent[sl],
-                          None if stats.ent is None else stats.ent[sl], inv_tau)
-            self._accumulate(dz, hc, plan, sl, grads)
+            dlogits_(z, y[sl], stats.lse[sl], g_lp[sl], None if g_ent is None else g_ent[sl],
+                     None if stats.ent is None else stats.ent[sl], inv_tau)
+            self._accumulate(z, hc, plan, sl, grads)
         return grads
+
+    def _backward_by_vocab(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad, plan) -> Grads:
+        """The gradient sweep of the low-precision plan over blocks of ``w`` vocabulary rows; dW
+        comes back in W's dtype (each block written once), dh and db in float32."""
+        N, V = h.shape[0], W.shape[0]
+        w = max(1, min(V, plan.budget // max(1, N * (4 + W.element_size()))))
+        z_buf = torch.empty(N * w, dtype=torch.float32, device=h.device)
+        dz_buf = torch.empty(N * w, dtype=W.dtype, device=h.device)
+        dh = torch.zeros(N, W.shape[1], dtype=torch.float32, device=h.device)
+        dW = torch.empty_like(W) if need_weight_grad else None
+        db = torch.empty(V, dtype=torch.float32, device=h.device) if (b is not None and need_weight_grad) else None
+        dlogits_ = self._epilogues(torch.float32).dlogits_
+        for v0 in range(0, V, w):
+            v1 = min(v0 + w, V)
+            Wb = W[v0:v1]
+            z = gemm.logits(h, Wb, None if plan.b is None else plan.b[v0:v1], z_buf[: N * (v1 - v0)].view(N, v1 - v0))
+            dz = dz_buf[: N * (v1 - v0)].view(N, v1 - v0)
+            dlogits_(z, y - v0, stats.lse, g_lp, g_ent, stats.ent if g_ent is not None else None, inv_tau, dz)
+            gemm.addmm_f32(dh, dz, Wb)
+            if dW is not None:
+                torch.mm(dz.t(), h, out=dW[v0:v1])
+            if db is not None:
+                torch.sum(dz, 0, dtype=torch.float32, out=db[v0:v1])
+        return Grads(dh, dW, db)
 
     def loss_and_grad(self, h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
                       need_weight_grad=True) -> LossAndGrad:
+        if gemm.low_precision(h) and self.low_precision_gemms:  # two sweeps: statistics, then the gradient
+            return super().loss_and_grad(h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
+                                         need_weight_grad)
         return self._sweep(h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad, need_weight_grad)
 
     def _sweep(self, h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
@@ -190,8 +221,8 @@ class ChunkedHead(HeadBackend):
                 continue
             loss_t[sl], g_lp, g_ent = token_fn(sl, lp[sl], e, None if lp_t is None else lp_t[sl])
             if need_grad:
-                dz = self._dz(plan, z, y[sl], lse[sl], g_lp, g_ent, e, inv_tau)
-                self._accumulate(dz, hc, plan, sl, grads)
+                self._epilogues(plan.cd).dlogits_(z, y[sl], lse[sl], g_lp, g_ent, e, inv_tau)
+                self._accumulate(z, hc, plan, sl, grads)
         return LossAndGrad(loss_t, Stats(lp, lse, ent, lp_t), grads)
 
     def jsd_loss_and_grad(self, h, W, b, h_teacher, inv_tau, beta, weights, need_grad,
@@ -199,11 +230,10 @@ class ChunkedHead(HeadBackend):
         """sum_t weights_t JSD_beta(p_T || p_S)_t and its gradient, chunk by chunk.
 
         The per-chunk gradient of :func:`generalized_jsd` with respect to the chunk's logits is taken
-        by autograd on the [n, V] chunk (float32 GEMMs), then fed to the same dh / dW GEMMs.
+        by autograd on the [n, V] chunk (float32 GEMMs, one row sweep), then fed to the dh / dW GEMMs.
         """
         cd = compute_dtype(h)
-        plan = _Plan(cd, W.to(cd), None if b is None else b.to(cd), 0, None, None)
-        plan.rows = self._plan(h, W, b).rows
+        plan = self._plan(h, W.to(cd), b, buffer=False)
         jsd = torch.empty(h.shape[0], dtype=cd, device=h.device)
         grads = self._new_grads(h, W, b, cd, need_weight_grad) if need_grad else None
         for sl in self._rows(h, plan):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .. import checks
 from .chunked import ChunkedHead, Epilogues
 
 
@@ -26,7 +27,10 @@ class VocabParallel(ChunkedHead):
     low_precision_gemms = False  # its epilogues write dz in place, in the statistics dtype
 
     def __init__(self, group=None, chunk_bytes=None):
-        super().__init__("vocab-parallel", chunk_bytes=chunk_bytes)
+        if group is not None and not isinstance(group, dist.ProcessGroup):
+            raise TypeError(f"group must be a torch.distributed ProcessGroup (None: the default group), "
+                            f"got {type(group).__name__}")
+        super().__init__("vocab-parallel", chunk_bytes=checks.count(chunk_bytes, "chunk_bytes"))
         self.group = group
 
     def vocab_range(self, W):
@@ -40,11 +44,11 @@ class VocabParallel(ChunkedHead):
     def vocab_size(self, W):
         return self.vocab_range(W)[1]
 
-    def _plan(self, h, W, b, vocab_size=None):
+    def _plan(self, h, W, b, vocab_size=None, buffer=True):
         """As the base, with this rank's offset; chunks are sized by the whole vocabulary so that
         every rank takes the same chunks (and so the same collectives) whatever its shard size."""
         self._start, total = self.vocab_range(W)
-        return super()._plan(h, W, b, total)
+        return super()._plan(h, W, b, total, buffer)
 
     def _local_targets(self, y, V_local):
         local = (y >= self._start) & (y < self._start + V_local)
