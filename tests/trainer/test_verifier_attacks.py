@@ -142,6 +142,18 @@ FORGERS = {
         "    os._exit(0)",
     "a second interpreter reads the token":
         "import subprocess\nsubprocess.run(['python3', '-c', 'pass'])\n" + GOOD,
+    "native code from a file the solution wrote":
+        "import _imp, importlib.machinery, os, shutil, sys\n"
+        "d = [p for p in sys.path if p.endswith('lib-dynload')][0]\n"
+        "so = [n for n in os.listdir(d) if n.startswith('array.')][0]\n"
+        "shutil.copy(os.path.join(d, so), '/tmp/' + so)\n"
+        "_imp.create_dynamic(importlib.machinery.ModuleSpec('array', None, origin='/tmp/' + so))\n" + GOOD,
+    "ctypes' extension loaded under its own name":
+        "import _imp, importlib.machinery, os, sys\nd = [p for p in sys.path if p.endswith('lib-dynload')][0]\n"
+        "so = [n for n in os.listdir(d) if n.startswith('_ctypes.')][0]\n"
+        "_imp.create_dynamic(importlib.machinery.ModuleSpec('_ctypes', None, origin=os.path.join(d, so)))\n" + GOOD,
+    "hand-made bytecode":
+        "c = (lambda: 0).__code__.replace(co_consts=(1,))\n" + GOOD,
     "signal handler receives a frame":
         "import signal\nsignal.signal(signal.SIGALRM, lambda s, fr: None)\n" + GOOD,
 }

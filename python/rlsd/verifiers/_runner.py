@@ -1,12 +1,13 @@
-"""The test runner executed inside the sandbox, in a private namespace (see ``code.RUNNER``).
+"""The test runner executed inside the sandbox, in a private namespace (see ``code.STUB``).
 
 argv: ``REPORT_FD LIMITS_JSON`` (resource name -> limit, e.g. ``{"CPU": 6}``).
 
 stdin: the run's token on the first line, then JSON ``{"code": ..., "tests": ...}``. The solution runs
 first, then the tests, in a worker thread; the token is written to ``REPORT_FD`` only when the last
 test statement has returned and the interpreter's shared state is as the tests found it. The token
-lives in this module's locals only: frames, the garbage collector, tracing, ctypes and new processes
-are refused to the solution by an audit hook, so it cannot read the token or jump over a test.
+lives in ``_run``'s local variables only: frames, the garbage collector, tracing, ctypes, native code
+from outside the Python installation, new code objects and new processes are refused to the solution
+by an audit hook, so it cannot read the token or jump over a test.
 Python signal handlers run in the main thread only, and the solution runs in another, so no handler
 receives a frame either. This file is standard library only; it is not imported by the trainer.
 """
@@ -26,11 +27,12 @@ ModuleType = type(sys)
 _modules, _sys_vars = sys.modules, vars(sys)
 _FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
 _REFUSED = frozenset({
-    "sys.settrace", "sys.setprofile", "sys._current_frames", "sys._current_exceptions",
+    "sys.settrace", "sys.setprofile", "sys._current_frames", "sys._current_exceptions", "code.__new__",
     "gc.get_objects", "gc.get_referrers", "gc.get_referents",
     "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
     "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
 })
+_PREFIX = os.path.realpath(sys.base_prefix) + "/"  # native code loads from the Python installation only
 _REFUSED_MODULES = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi",
                               "_xxsubinterpreters", "_xxinterpchannels"})
 
@@ -42,8 +44,9 @@ def _hook(event, args):
         raise ValueError("frames are not available")  # the standard library treats this as 'no frame'
     if event == "object.__getattr__" and args[1] in _FRAME_ATTRS:
         raise AttributeError(f"{args[1]} is not available")
-    if event == "import" and args[0].partition(".")[0] in _REFUSED_MODULES:
-        raise PermissionError(f"import of {args[0]} is not allowed")
+    if event == "import" and (args[0].partition(".")[0] in _REFUSED_MODULES or args[1] is not None and not (
+            type(args[1]) is str and args[1].startswith(_PREFIX) and "/.." not in args[1])):
+        raise PermissionError(f"import of {args[0]} from {args[1]} is not allowed")
 
 
 def _ids(pairs):
