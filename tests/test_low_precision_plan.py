@@ -1,6 +1,6 @@
-"""The CUDA bf16 plan of the chunk loop (bf16 GEMM operands, float32 logits and dW accumulator,
-dz rounded to bf16 for the gradient GEMMs), run on the CPU: the plan is switched on for bf16
-inputs and the out_dtype GEMMs (CUDA only) are emulated exactly (products of bf16 values are
+"""The CUDA bf16 plan of the chunked backends (bf16 GEMM operands with float32 logits, dz rounded
+to bf16, the gradient swept over vocabulary blocks), run on the CPU: the plan is switched on for
+bf16 inputs and the out_dtype GEMMs (CUDA only) are emulated exactly (products of bf16 values are
 exact in float32, accumulation in float32)."""
 
 import pytest
@@ -18,6 +18,12 @@ def low_precision_on_cpu(monkeypatch):
     monkeypatch.setattr(gemm, "low_precision", lambda h: h.dtype in gemm.LOW_PRECISION)
     monkeypatch.setattr(gemm, "mm_f32", lambda a, b, out: torch.mm(a.float(), b.float(), out=out))
     monkeypatch.setattr(gemm, "addmm_f32", lambda acc, a, b: acc.addmm_(a.float(), b.float()))
+
+
+def test_out_dtype_gemms_are_probed_not_assumed():
+    """Without float32-output GEMMs for bf16 operands (the CPU's torch), the plan is not taken."""
+    assert not gemm.has_out_dtype(torch.device("cpu"), torch.bfloat16)
+    assert not gemm.low_precision(torch.zeros(2, 2, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("impl", CHUNK_LOOPS)

@@ -1,10 +1,10 @@
-"""The four GEMMs of a chunk: logits z = h W^T (+ b), dh = dz W, dW (+)= dz^T h, db (+)= sum dz.
+"""The GEMMs of a chunk: logits z = h W^T (+ b), dh = dz W, dW = dz^T h, db = sum dz.
 
 On CUDA with bfloat16 / float16 operands the GEMMs run in that dtype on the tensor cores and write
-float32 results (``torch.mm(..., out_dtype=torch.float32)``); dW is accumulated over chunks in a
-float32 buffer by ``addmm(..., out_dtype=torch.float32)``. A torch build without those GEMMs
-(checked once per device and dtype, against a float32 product) gets the float32 path instead, as
-every other device and dtype does: operands converted to float32 (float64 stays), GEMMs in place.
+float32 results (``torch.mm(..., out_dtype=torch.float32)``, float32 accumulation inside); dh is
+accumulated over vocabulary blocks in float32 by ``addmm(..., out_dtype=torch.float32)``. A torch
+build without those GEMMs (checked once per device and dtype, against a float32 product) takes
+the float32 path of every other device and dtype: operands converted to float32, GEMMs in place.
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 def low_precision(h) -> bool:
     """Whether this call's GEMMs run in the operands' low-precision dtype (CUDA bf16 / fp16)."""
-    return h.is_cuda and h.dtype in LOW_PRECISION and _has_out_dtype(h.device, h.dtype)
+    return h.is_cuda and h.dtype in LOW_PRECISION and has_out_dtype(h.device, h.dtype)
 
 
 @functools.cache
-def _has_out_dtype(device: torch.device, dtype: torch.dtype) -> bool:
+def has_out_dtype(device: torch.device, dtype: torch.dtype) -> bool:
     """mm / addmm with ``out_dtype=float32`` work for these operands (and give the float32 product)."""
     try:
         a = torch.randn(16, 32, device=device).to(dtype)
         b = torch.randn(32, 8, device=device).to(dtype)
-        want = a.float() @ b.float()
-        c = torch.empty(16, 8, device=device)
-        mm_f32(a, b, c)
-        addmm_f32(c, a, b)
-        return bool(torch.allclose(c, 2 * want, rtol=1e-3, atol=1e-3))
+        c = torch.mm(a, b, out_dtype=torch.float32)
+        torch.addmm(c, a, b, out_dtype=torch.float32, out=c)
+        return bool(torch.allclose(c, 2 * (a.float() @ b.float()), rtol=1e-3, atol=1e-3))
     except (RuntimeError, TypeError, NotImplementedError):
         return False
 
