@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="smaller shapes (a smoke run, not the reported figures)")
     args = ap.parse_args(argv)
-    impls = [i for i in available_impls() if i != "triton"]  # the interpreter is not a benchmark
+    impls = [i for i in available_impls() if not i.startswith("triton")]  # the interpreter is not a benchmark
     default = f"rlsd-{resolve_impl('auto', torch.device('cpu'))}"
     time_shape = Shape(512, 256, 8192) if args.quick else Shape(2048, 512, 32768)
     mem_shape = Shape(1024, 128, 8192) if args.quick else Shape(8192, 256, 32768)
