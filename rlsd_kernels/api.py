@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import autograd, checks
-from .math import LOSS_AGGS, RLSDConfig, masked_mean, opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss
+from .math import RLSDConfig, masked_mean, opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss
 from .ops import IMPLS, HeadBackend, auto, get_backend, usable
 
 _D = RLSDConfig  # the option defaults live in one place: RLSDConfig's fields
@@ -81,7 +81,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
                               kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef, negative_only=negative_only)
     compute_entropy = checks.flag(compute_entropy, "compute_entropy")
     backend = _select(impl, hidden, weight, memory_budget)
-    _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
+    checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                        token_weights=token_weights, credit_mask=credit_mask)
     checks.floating(advantages, "advantages", (1, 2))
@@ -114,25 +114,6 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     return loss, rlsd_metrics(cfg, stats.lp, stats.ent, tok)
 
 
-def _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg,
-                       normalizer, **per_token):
-    checks.head(hidden, weight, bias, targets, temperature, 3, backend.vocab_size(weight))
-    shape = targets.shape
-    checks.mask(mask, shape, hidden.device)
-    checks.same_device(hidden.device, teacher_hidden=teacher_hidden)
-    if teacher_hidden is not None:
-        checks.floating(teacher_hidden, "teacher_hidden", 3)
-        checks.same_shape(teacher_hidden, "teacher_hidden", hidden.shape, "like hidden")
-        if teacher_hidden.dtype != hidden.dtype:
-            raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} differs from hidden dtype {hidden.dtype}")
-        checks.finite(teacher_hidden, "teacher_hidden")
-    for name, t in per_token.items():
-        checks.per_token(t, name, shape, hidden.device)
-    if loss_agg not in LOSS_AGGS:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-    checks.normalizer(normalizer, hidden.device)
-
-
 def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_logprobs=None, form="sampled",
               beta=0.5, bias=None, temperature=1.0, token_weights=None, loss_agg="token-mean",
               normalizer=None, impl="auto", memory_budget=None):
@@ -147,7 +128,7 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
         raise ValueError(f"form must be 'sampled' or 'jsd', got {form!r}")
     beta = checks.number(beta, "beta", low=0.0, high=1.0)
     backend = _select(impl, hidden, weight, memory_budget)
-    _check_loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
+    checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, token_weights=token_weights)
     if teacher_hidden is None and (form == "jsd" or teacher_logprobs is None):
         raise ValueError(f"form={form!r} needs teacher_hidden" + ("" if form == "jsd" else " or teacher_logprobs"))

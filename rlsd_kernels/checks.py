@@ -11,7 +11,7 @@ import numbers
 
 import torch
 
-from .math import KL_TYPES, RLSDConfig
+from .math import KL_TYPES, LOSS_AGGS, RLSDConfig
 
 
 def _value_check(ok: torch.Tensor, message: str):
@@ -197,3 +197,23 @@ def normalizer(value, device):
     v = value.reshape(())
     _value_check(torch.isfinite(v) & (v > 0), "normalizer must be a finite number > 0")
     return value
+
+
+def loss_inputs(backend, hidden, weight, targets, mask_, bias, temperature, teacher_hidden, loss_agg, normalizer_,
+                **optional):
+    """The tensor arguments shared by the losses (``optional``: the optional [B, T] ones, by name)."""
+    head(hidden, weight, bias, targets, temperature, 3, backend.vocab_size(weight))
+    shape = targets.shape
+    mask(mask_, shape, hidden.device)
+    same_device(hidden.device, teacher_hidden=teacher_hidden)
+    if teacher_hidden is not None:
+        floating(teacher_hidden, "teacher_hidden", 3)
+        same_shape(teacher_hidden, "teacher_hidden", hidden.shape, "like hidden")
+        if teacher_hidden.dtype != hidden.dtype:
+            raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} differs from hidden dtype {hidden.dtype}")
+        finite(teacher_hidden, "teacher_hidden")
+    for name, t in optional.items():
+        per_token(t, name, shape, hidden.device)
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+    normalizer(normalizer_, hidden.device)
