@@ -1,4 +1,4 @@
-"""``rlsd train CONFIG.yaml | eval CONFIG.yaml | demo | filter-traces IN OUT | plot METRICS OUT``."""
+"""``rlsd train CONFIG.yaml | eval CONFIG.yaml | demo | study | filter-traces IN OUT | plot METRICS OUT``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .demo.study import ARMS, run_study
+    from .demo.warmup import WarmupConfig
+    unknown = [a for a in args.arms or [] if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"rlsd study: unknown arms {unknown}; choose from {list(ARMS)}")
+    warmup = WarmupConfig(**({"steps": args.warm_steps} if args.warm_steps else {}))
+    run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps,
+              eval_every=args.eval_every, workers=args.workers, engine=args.engine, arms=tuple(args.arms or ARMS),
+              warmup=warmup, report_only=args.report_only)
+    return 0
+
+
 def cmd_filter_traces(args) -> int:
     from .traces import filter_traces_file
     total, kept, reasons = filter_traces_file(args.src, args.dst, args.verifier, _options(args.option), args.field)
@@ -89,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--engine", choices=["hf", "vllm"], default="",
                    help="rollout engine (default: vllm if installed, else hf)")
     d.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("study", help="GRPO vs OPSD vs RLSD (paper settings and lam = 1), many seeds, paired")
+    s.add_argument("--out", default="docs/study", help="summary, per-step metrics and plots")
+    s.add_argument("--runs", default="rlsd-demo/study", help="the runs (finished ones are kept and reused)")
+    s.add_argument("--cache", default=os.environ.get("RLSD_CACHE", os.path.expanduser("~/.cache/rlsd")))
+    s.add_argument("--seeds", type=int, default=8)
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--eval-every", type=int, default=10)
+    s.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
+    s.add_argument("--engine", choices=["hf", "vllm"], default="")
+    s.add_argument("--arms", nargs="*", help="a subset of the arms")
+    s.add_argument("--warm-steps", type=int, default=0, help="warm-start steps (default: the demo's)")
+    s.add_argument("--report-only", action="store_true", help="summarise the finished runs, start none")
+    s.set_defaults(fn=cmd_study)
 
     f = sub.add_parser("filter-traces", help="keep the JSONL rows whose trace the verifier accepts")
     f.add_argument("src")

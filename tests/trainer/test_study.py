@@ -1,0 +1,50 @@
+import pytest
+
+from rlsd.config import config_from_dict
+from rlsd.demo.study import ARMS, arm_config, first_reach, summarize, summary_text
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_every_arm_is_a_valid_config(tmp_path, arm):
+    cfg = config_from_dict(arm_config(arm, 3, str(tmp_path / "m"), str(tmp_path), str(tmp_path / "r"), 50, 10, "hf"))
+    cfg.validate()
+    assert cfg.train.ppo_mini_batch_size == 4 and cfg.train.prompts_per_step == 16 and cfg.train.seed == 3
+    if arm.startswith("rlsd-paper"):
+        a, t = cfg.algo, cfg.teacher
+        assert (a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps) == (0.5, "linear", 0.0, 50)
+        assert (t.sync, t.sync_every) == ("frozen", 10)
+    if arm.startswith("rlsd-live"):
+        assert cfg.algo.lam == 1.0 and cfg.teacher.sync == "live"
+    if arm.startswith("rlsd"):
+        assert cfg.teacher.source == ("answer" if arm.endswith("answer") else "solution")
+
+
+def fake_runs(curves: dict) -> dict:
+    """runs[arm][seed] = records with eval_accuracy at each step and a constant diagnostic."""
+    return {a: {s: [{"step": t, "eval_accuracy": v, **({"credit_clip_frac": 0.1} if t else {})}
+                    for t, v in c.items()] for s, c in per_seed.items()} for a, per_seed in curves.items()}
+
+
+def test_summary_pairs_by_seed_and_finds_the_step_to_reach_grpo():
+    steps = (0, 10, 20, 30)
+    grpo = {0: dict(zip(steps, (0.2, 0.3, 0.4, 0.5))), 1: dict(zip(steps, (0.2, 0.4, 0.5, 0.6)))}
+    fast = {0: dict(zip(steps, (0.2, 0.5, 0.6, 0.7))), 1: dict(zip(steps, (0.2, 0.5, 0.7, 0.7)))}
+    half = {0: dict(zip(steps, (0.2, 0.2, 0.2, 0.2)))}  # seed 1 unfinished: left out of every comparison
+    s = summarize(fake_runs({"grpo": grpo, "fast": fast, "half": half}), tail=2)
+    assert s["seeds"] == [0]
+    s = summarize(fake_runs({"grpo": grpo, "fast": fast}), tail=2)
+    assert s["seeds"] == [0, 1] and s["final_steps"] == [20, 30]
+    fast_e, grpo_e = s["arms"]["fast"], s["arms"]["grpo"]
+    assert grpo_e["final_mean"] == pytest.approx(100 * (0.45 + 0.55) / 2)
+    # paired differences: seed 0 +20, seed 1 +15 points -> mean 17.5, se 2.5
+    assert fast_e["diff_vs_grpo"] == pytest.approx(17.5) and fast_e["diff_vs_grpo_se"] == pytest.approx(2.5)
+    assert fast_e["wins_vs_grpo"] == 2
+    assert fast_e["steps_to_grpo_final"] == 10 and grpo_e["steps_to_grpo_final"] == 30
+    assert fast_e["steps_to_grpo_final_per_seed"] == [10, 20]
+    assert fast_e["credit_clip_frac_run_mean"] == pytest.approx(0.1)
+    assert "fast" in summary_text(s, {"plain": 0.2, "answer": 0.9, "solution": 0.95})
+
+
+def test_first_reach():
+    assert first_reach({0: 0.1, 10: 0.5, 20: 0.4}, 0.45) == 10
+    assert first_reach({0: 0.1, 10: 0.2}, 0.45) is None
