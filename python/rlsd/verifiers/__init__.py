@@ -1,7 +1,10 @@
 """Verifiers: a registry of functions ``(response, example, **options) -> Verdict``.
 
 Every reward is in [0, 1]. ``verify`` never raises: a verifier that crashes, or output it cannot
-read, gives reward 0 with the reason recorded.
+read, gives reward 0 with the reason recorded. ``make_verifier`` checks at once that the verifier
+can run here (the code verifier's sandbox) and returns a :class:`Verifier`, which also verifies a
+batch of responses on a thread pool. What each verifier guarantees against hostile responses is in
+README.md here.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Verifier:
         if name in CHECKS:
             CHECKS[name](**options)
         self.name, self.options = name, options
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or 2 * (os.cpu_count() or 1)  # code calls wait on process start-up half the time
 
     def __call__(self, response: str, example) -> Verdict:
         return verify(self.name, response, example, **self.options)
