@@ -9,6 +9,7 @@ import torch
 from . import autograd, checks
 from .math import RLSDConfig, masked_mean, opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss
 from .ops import IMPLS, HeadBackend, auto, get_backend, usable
+from .ops.triton import interpreted as triton_interpreted
 
 _D = RLSDConfig  # the option defaults live in one place: RLSDConfig's fields
 
@@ -36,6 +37,9 @@ def _select(impl, hidden, weight, memory_budget) -> HeadBackend:
     checks.floating(hidden, "hidden")
     checks.floating(weight, "weight")
     name = resolve_impl(impl, hidden.device, weight, memory_budget)
+    if name.startswith("triton") and hidden.device.type != "cuda" and not triton_interpreted():
+        raise ValueError(f"impl={name!r} runs on CUDA tensors, got hidden on {hidden.device} "
+                         "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter)")
     return get_backend(name).with_memory_budget(memory_budget)
 
 

@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-from inputs import make_case, max_rel_err
+from inputs import FUSED_IMPLS, make_case, max_rel_err
 
-from rlsd_kernels import (FusedLinearRLSDLoss, VocabParallel, available_impls, fused_linear_logprobs, opsd_loss,
-                          rlsd_loss)
+from rlsd_kernels import FusedLinearRLSDLoss, VocabParallel, fused_linear_logprobs, opsd_loss, rlsd_loss
 
-IMPLS = available_impls()
+IMPLS = ["eager"] + FUSED_IMPLS  # those that take CPU tensors here
 FAST = [i for i in IMPLS if not i.startswith("triton")]  # Triton runs in its (slow) interpreter here
 TRITON = [i for i in IMPLS if i.startswith("triton")]
 NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
@@ -674,3 +673,13 @@ def test_vocab_parallel_one_process(one_process_group):
         call_rlsd(rlsd_args(case, hidden=poisoned(case.hidden, math.nan), impl=vp))
     with pytest.raises(NotImplementedError, match="JSD"):
         call_opsd(case, "jsd", impl=vp)
+
+
+@pytest.mark.parametrize("impl", ["triton", "triton-tiled"])
+def test_triton_on_cpu_tensors_without_the_interpreter_is_refused(monkeypatch, impl):
+    from rlsd_kernels import api
+
+    monkeypatch.setattr(api, "triton_interpreted", lambda: False)
+    case = small()
+    with pytest.raises(ValueError, match=f"impl='{impl}' runs on CUDA tensors"):
+        rlsd_loss(**rlsd_args(case, impl=impl))
