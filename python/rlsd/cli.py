@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50)
     s.add_argument("--eval-every", type=int, default=10)
     s.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
-    s.add_argument("--engine", choices=["hf", "vllm"], default="")
+    s.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="rollouts (hf: on the training model; no engine start-up per run)")
     s.add_argument("--arms", nargs="*", help="a subset of the arms")
     s.add_argument("--warm-steps", type=int, default=0, help="warm-start steps (default: the demo's)")
     s.add_argument("--report-only", action="store_true", help="summarise the finished runs, start none")

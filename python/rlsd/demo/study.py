@@ -156,7 +156,7 @@ def summary_text(summary: dict, warm: dict) -> str:
         diff = f"{e['diff_vs_grpo']:+.1f} +- {e['diff_vs_grpo_se']:.1f}" if "diff_vs_grpo" in e else ""
         wins = f"{e['wins_vs_grpo']}/{n}" if "wins_vs_grpo" in e else ""
         clip = (f"{100 * e['credit_clip_low_frac_run_mean']:.1f}/{100 * e['credit_clip_high_frac_run_mean']:.1f}"
-                if "credit_clip_frac_run_mean" in e else "")
+                if "credit_clip_low_frac_run_mean" in e else "")
         delta = (f"{e['delta_mean_run_mean']:+.2f}/{e['delta_std_run_mean']:.2f}"
                  if "delta_std_run_mean" in e else (f"{e['delta_mean_run_mean']:+.2f}" if "delta_mean_run_mean" in e else ""))
         ent = f"{e['entropy_mean_run_mean']:.3f}" if "entropy_mean_run_mean" in e else ""
@@ -214,7 +214,7 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
 
 # ------------------------------------------------------------------------------------- running
 def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_dir: str = "~/.cache/rlsd",
-              seeds: int = 8, steps: int = 50, eval_every: int = 10, workers: int = 2, engine: str = "",
+              seeds: int = 8, steps: int = 50, eval_every: int = 10, workers: int = 2, engine: str = "hf",
               arms=tuple(ARMS), warmup: WarmupConfig = WarmupConfig(), report_only: bool = False,
               log=print) -> dict:
     t0 = time.perf_counter()
