@@ -92,6 +92,11 @@ FAKED_ENDS = {  # name: (solution, tests); each would pass if its trick worked
                                         + BAD, "import unittest\nunittest.TestCase().assertEqual(f(2), 4)"),
     "patch a module while the tests run": ("def f(x):\n    import math\n    math.sqrt = lambda x: 4\n    return 0",
                                            "import math\nf(2)\nassert math.sqrt(0) == 4"),
+    "replace a function's code": ("import json\njson.loads.__code__ = (lambda s, **k: 4).__code__\n" + BAD,
+                                  "import json\nassert json.loads(str(f(2))) == 4"),
+    "change a function's defaults": ("import json\njson.dumps.__kwdefaults__['sort_keys'] = True\n"
+                                     "def f(x):\n    return {'b': 1, 'a': 2}",
+                                     "import json\nassert json.dumps(f(2)) == '{\"a\": 2, \"b\": 1}'"),
     "sys.settrace jumps over the tests": (JUMP + BAD, TESTS + "\npass"),
     "threading.settrace": (BAD + "import threading\nthreading.settrace(lambda *a: None)\n"
                                  "threading.Thread(target=int).start()", TESTS),
@@ -103,6 +108,7 @@ FAKED_ENDS = {  # name: (solution, tests); each would pass if its trick worked
 
 
 @pytest.mark.parametrize("name", ["redefine a builtin the tests use", "patch a module the tests use",
+                                  "replace a function's code", "change a function's defaults",
                                   "sys.settrace jumps over the tests", "patch unittest's assert helpers",
                                   "replace a module in sys.modules", "override __import__"])
 def test_the_tricks_work_in_plain_python(name):
@@ -260,11 +266,14 @@ def test_correct_solutions_still_pass(patient):
         "def f(x: typing.Optional[int]) -> int:\n    return P(json.loads(json.dumps(2 * x))).v",
         "import threading\nout = []\nt = threading.Thread(target=out.append, args=(2,))\nt.start()\nt.join()\n"
         "def f(x):\n    return out[0] * x",
-        "import warnings\nwarnings.warn('noisy')\nprint('hello')\nopen('/tmp/scratch', 'w').write('ok')\n" + GOOD,
+        "import warnings, logging\nwarnings.warn('noisy')\nlogging.warning('noisy')\nprint('hello')\n"
+        "open('/tmp/scratch', 'w').write('ok')\n" + GOOD,
     ]
     for solution in solutions:
         verdict = patient(solution, TESTS + "\nimport math\nassert math.isclose(f(0.5), 1.0)")
         assert verdict.reward == 1.0, (solution, verdict)
+    same_module = "from fractions import Fraction\ndef f(x):\n    return Fraction(x, 2)"
+    assert patient(same_module, "from fractions import Fraction\nassert f(1) == Fraction(1, 2)").reward == 1.0
 
 
 # ---------------------------------------------------------------- SQL

@@ -26,6 +26,7 @@ import types  # noqa: F401  its import reads a traceback's frame: loaded before 
 ModuleType = type(sys)
 _modules, _sys_vars = sys.modules, vars(sys)
 _FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+_CODE_ATTRS = frozenset({"__code__"})
 _REFUSED = frozenset({
     "sys.settrace", "sys.setprofile", "sys._current_frames", "sys._current_exceptions", "code.__new__",
     "gc.get_objects", "gc.get_referrers", "gc.get_referents",
@@ -44,6 +45,8 @@ def _hook(event, args):
         raise ValueError("frames are not available")  # the standard library treats this as 'no frame'
     if event == "object.__getattr__" and args[1] in _FRAME_ATTRS:
         raise AttributeError(f"{args[1]} is not available")
+    if event == "object.__setattr__" and args[1] in _CODE_ATTRS:
+        raise PermissionError(f"setting {args[1]} is not allowed")
     if event == "import" and (args[0].partition(".")[0] in _REFUSED_MODULES or args[1] is not None and not (
             type(args[1]) is str and args[1].startswith(_PREFIX) and "/.." not in args[1])):
         raise PermissionError(f"import of {args[0]} from {args[1]} is not allowed")
@@ -51,6 +54,17 @@ def _hook(event, args):
 
 def _ids(pairs):
     return tuple(id(x) for pair in pairs for x in pair)
+
+
+FunctionType = type(_ids)
+
+
+def _identity(value):
+    """Identities of ``value`` and, for a function, of its code and defaults."""
+    if type(value) is not FunctionType:
+        return id(value)
+    kw = value.__kwdefaults__
+    return id(value), id(value.__code__), id(value.__defaults__), _ids(kw.items()) if type(kw) is dict else id(kw)
 
 
 def _state(names):
@@ -66,9 +80,9 @@ def _state(names):
         for key, value in list(vars(module).items()):
             if type(value) is ModuleType and _modules.get(f"{name}.{key}") is value:
                 continue  # a submodule: importing it adds this attribute, and it is checked on its own
-            items.append((id(key), id(value)))
+            items.append((id(key), _identity(value)))
             if isinstance(value, type) and value.__flags__ & (1 << 9):  # heap type: attributes can change
-                items.append(_ids(list(vars(value).items())))
+                items.append(tuple((id(k), _identity(v)) for k, v in list(vars(value).items())))
     return tuple(items)
 
 
@@ -85,31 +99,21 @@ def _imported(code):
     return names
 
 
-def _forget(names):
-    """Drop modules from sys.modules (and from their parent package) so the tests import them afresh."""
-    for name in names:
-        module = _modules.pop(name)
-        parent, _, child = name.rpartition(".")
-        if parent in _modules and vars(_modules[parent]).get(child) is module:
-            delattr(_modules[parent], child)
-
-
 def _run(token, report_fd, err_fd, code, tests):
     write, exit_, count = os.write, os._exit, _thread._count
     pristine = dict(vars(builtins))
     snapshot = _ids(pristine.items())
-    preloaded = set(_modules)
-    before = _state(preloaded)
     outcome = "tests passed"
     try:
+        tests = compile(tests, "<tests>", "exec")
+        for name in _imported(tests):  # imported before the solution runs, so that changes show
+            __import__(name)
+        present = set(_modules)
+        before = _state(present)
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         exec(compile(code, "<solution>", "exec"), namespace)
-        _forget(set(_modules) - preloaded)  # the tests import fresh copies of what it imported
-        if _state(preloaded) != before:
+        if _state(present) != before:
             raise RuntimeError("the solution changed a module it did not import")
-        tests = compile(tests, "<tests>", "exec")
-        for name in _imported(tests):  # imported now, so that their state is checked below
-            __import__(name)
         present = set(_modules)
         start = _state(present)
         env = {k: v for k, v in namespace.items() if k != "__builtins__"}
