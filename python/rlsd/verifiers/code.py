@@ -87,6 +87,9 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
                                     pass_fds=(write_fd,), env=env, cwd=cwd, start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         try:
@@ -102,6 +105,8 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
             return Verdict(0.0, f"timeout after {timeout}s")
         if report == token:
             return Verdict(1.0, "ok")
+        if report:
+            return Verdict(0.0, "failed: something other than the token was written to the report pipe")
         return Verdict(0.0, f"failed: {_last_line(err)}")
 
 
