@@ -2,6 +2,7 @@ import pytest
 
 from rlsd.data import Example
 from rlsd.verifiers import REGISTRY, make_verifier, verify
+from rlsd.verifiers import code as code_verifier
 from rlsd.verifiers.sandbox import SandboxUnavailable, check_bwrap
 
 
@@ -80,6 +81,19 @@ def test_code_options_are_checked_when_built():
         v = make_verifier("code", sandbox="none")
     assert v(CODE_OK, ex(TESTS)).reward == 1.0
     assert v("def f(x):\n    return 0\nimport os\nos._exit(0)", ex(TESTS)).reward == 0.0
+
+
+def test_code_without_a_sandbox_fails_when_built(monkeypatch):
+    with pytest.raises(SandboxUnavailable, match="sandbox='none'"):
+        check_bwrap("no-such-bwrap")
+    with pytest.raises(SandboxUnavailable, match="UNSANDBOXED"):
+        check_bwrap("/bin/false")
+
+    def missing(bwrap="bwrap"):
+        raise SandboxUnavailable("no bwrap")
+    monkeypatch.setattr(code_verifier, "check_bwrap", missing)
+    with pytest.raises(SandboxUnavailable):
+        make_verifier("code")
 
 
 @needs_bwrap

@@ -64,7 +64,7 @@ def check_bwrap(bwrap: str = "bwrap") -> str:
                            capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         raise SandboxUnavailable(
-            f"bwrap cannot create a sandbox here (exit {probe.returncode}: {probe.stderr.strip()[-300:]}); "
-            "allow unprivileged user namespaces, or pass the verifier option sandbox='none' to run "
-            "generated code UNSANDBOXED on this host")
+            f"bwrap could not start a sandbox (exit {probe.returncode}: {probe.stderr.strip()[-300:]}); it needs "
+            "bubblewrap >= 0.8 and user namespaces (a container may need them allowed); or pass the verifier "
+            "option sandbox='none' to run generated code UNSANDBOXED on this host")
     return path
