@@ -32,7 +32,9 @@ batch); ``seq-mean-token-mean`` divides by ``n_b`` where veRL divides by ``n_b +
 
 The teacher log-probs reach the loss as the ``teacher_log_prob`` keyword, or, since veRL's actor
 calls the policy loss with fixed keywords, through ``with teacher_log_probs(t): ...`` around that
-call. :func:`logprobs_from_hidden` is the fused counterpart of veRL's ``FusedLinearForPPO``:
+call: :func:`with_teacher` wraps the actor's loss function (``verl.workers.utils.losses.ppo_loss``
+bound to the actor config) so that each micro-batch's ``TEACHER_KEY`` column ([B, R], aligned with
+``old_log_probs``) is the teacher of its policy-loss call. :func:`logprobs_from_hidden` is the fused counterpart of veRL's ``FusedLinearForPPO``:
 ``(hidden, weight, input_ids, temperature) -> (log_probs, entropy)`` without the logits.
 """
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import torch
 
@@ -47,6 +50,8 @@ from ..api import fused_linear_logprobs
 from ..math import LOG_RATIO_CLAMP, clipped_surrogate, masked_mean, rlsd_credit
 
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
+
+TEACHER_KEY = "rlsd_teacher_log_probs"
 
 _TEACHER = contextvars.ContextVar("rlsd_teacher_log_prob", default=None)
 
@@ -59,6 +64,21 @@ def teacher_log_probs(log_prob: torch.Tensor):
         yield
     finally:
         _TEACHER.reset(token)
+
+
+def with_teacher(loss_fn, key: str = TEACHER_KEY):
+    """veRL's engine loss function ``loss_fn(model_output=, data=, dp_group=)`` (e.g.
+    ``functools.partial(ppo_loss, config=actor_config)``) with each micro-batch's ``data[key]``
+    ([B, R] teacher log-probs of the response tokens, like ``old_log_probs``) made the teacher of the
+    RLSD policy loss inside it."""
+
+    @functools.wraps(loss_fn)
+    def loss(model_output, data, dp_group=None):
+        teacher = data.select(key).to_padded_tensor()[key]
+        with teacher_log_probs(teacher):
+            return loss_fn(model_output=model_output, data=data, dp_group=dp_group)
+
+    return loss
 
 
 def logprobs_from_hidden(hidden_states, vocab_weights, input_ids, temperature=1.0, *, bias=None,
