@@ -49,14 +49,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .demo.study import ARMS, run_study
+    from .demo.arms import ARMS, STUDY_ARMS
+    from .demo.study import run_study
     from .demo.warmup import WarmupConfig
     unknown = [a for a in args.arms or [] if a not in ARMS]
     if unknown:
         raise SystemExit(f"rlsd study: unknown arms {unknown}; choose from {list(ARMS)}")
     warmup = WarmupConfig(**({"steps": args.warm_steps} if args.warm_steps else {}))
     run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps,
-              eval_every=args.eval_every, workers=args.workers, engine=args.engine, arms=tuple(args.arms or ARMS),
+              eval_every=args.eval_every, workers=args.workers, engine=args.engine, arms=tuple(args.arms or STUDY_ARMS),
               warmup=warmup, report_only=args.report_only)
     return 0
 
@@ -99,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=int, default=None)
     d.add_argument("--steps", type=int, default=None)
     d.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
-    d.add_argument("--engine", choices=["hf", "vllm"], default="",
-                   help="rollout engine (default: vllm if installed, else hf)")
+    d.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="rollouts (hf: on the training model; no engine start-up per run)")
     d.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("study", help="GRPO vs OPSD vs RLSD (paper settings and lam = 1), many seeds, paired")
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
     s.add_argument("--engine", choices=["hf", "vllm"], default="hf",
                    help="rollouts (hf: on the training model; no engine start-up per run)")
-    s.add_argument("--arms", nargs="*", help="a subset of the arms")
+    s.add_argument("--arms", nargs="*", help="arms to run and compare (default: the six of the study)")
     s.add_argument("--warm-steps", type=int, default=0, help="warm-start steps (default: the demo's)")
     s.add_argument("--report-only", action="store_true", help="summarise the finished runs, start none")
     s.set_defaults(fn=cmd_study)

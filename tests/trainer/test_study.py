@@ -1,7 +1,8 @@
 import pytest
 
 from rlsd.config import config_from_dict
-from rlsd.demo.study import ARMS, arm_config, first_reach, summarize, summary_text
+from rlsd.demo.arms import ARMS, STUDY_ARMS
+from rlsd.demo.study import arm_config, first_reach, summarize, summary_text
 
 
 @pytest.mark.parametrize("arm", list(ARMS))
@@ -15,8 +16,10 @@ def test_every_arm_is_a_valid_config(tmp_path, arm):
         assert (t.sync, t.sync_every) == ("frozen", 10)
     if arm.startswith("rlsd-live"):
         assert cfg.algo.lam == 1.0 and cfg.teacher.sync == "live"
+        assert cfg.algo.eps_w == (float(arm.split("eps")[1]) if "eps" in arm else 0.2)
     if arm.startswith("rlsd"):
         assert cfg.teacher.source == ("answer" if arm.endswith("answer") else "solution")
+    assert (arm in STUDY_ARMS) == ("eps" not in arm)
 
 
 def fake_runs(curves: dict) -> dict:
@@ -48,3 +51,10 @@ def test_summary_pairs_by_seed_and_finds_the_step_to_reach_grpo():
 def test_first_reach():
     assert first_reach({0: 0.1, 10: 0.5, 20: 0.4}, 0.45) == 10
     assert first_reach({0: 0.1, 10: 0.2}, 0.45) is None
+
+
+def test_demo_runs_are_the_study_runs(tmp_path):
+    from rlsd.demo.experiment import METHODS, run_config
+    args = (str(tmp_path / "m"), str(tmp_path), str(tmp_path / "r"), 50, 10, "hf")
+    for method in METHODS:
+        assert run_config(method, 2, *args) == arm_config(method, 2, *args)

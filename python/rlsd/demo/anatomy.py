@@ -76,3 +76,14 @@ def anatomy(model, tok, examples: list, n: int = 8, seed: int = 0) -> dict:
             "abs_delta_quantiles": {str(q): torch.quantile(delta[credited].abs(), q).item() for q in (0.5, 0.9, 0.95)},
         }
     return out
+
+
+def anatomy_report(models: dict, examples: list, n: int = 8) -> dict:
+    """``anatomy`` of each ``{label: model directory}`` on the same prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = {}
+    for label, path in models.items():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        out[label] = anatomy(model, AutoTokenizer.from_pretrained(path), examples, n)
+    return out
+

@@ -1,6 +1,7 @@
-"""``rlsd demo``: GRPO, OPSD and RLSD (answer-only and worked-trace privileged context) from the
-same warm start, for the same number of steps, on several seeds; a table and a plot of held-out
-accuracy against step.
+"""``rlsd demo``: GRPO, OPSD and RLSD with the paper's settings (answer-only and worked-trace
+privileged context) from the same warm start, for the same number of steps, on several seeds; a
+table and a plot of held-out accuracy against step. The runs are the study's (arms.py): the demo's
+seeds 0-2 are the study's seeds 0-2, run for run.
 
 Every run is a plain ``rlsd train CONFIG.yaml`` subprocess with one thread (two one-thread runs do
 more work on two cores than one two-thread run); the configs, data and metrics stay in the output
@@ -23,31 +24,12 @@ import yaml
 
 from ..data import write_jsonl
 from ..metrics import read_jsonl
-from .task import ANSWER_PATTERN, TEMPLATES, make_split
+from .arms import ARMS, RL, merge
+from .task import ANSWER_PATTERN, make_split
 from .warmup import WarmupConfig, warm_start
 
 HELDOUT_SEED, TRAIN_SEED = 12345, 777
-
-RL = {"rollout": {"n": 8, "max_new_tokens": 32, "temperature": 1.0},
-      "train": {"prompts_per_step": 16, "micro_batch_size": 128, "lr": 1e-4, "grad_clip": 1.0, "threads": 1,
-                "progress": False}}
-
-METHODS = {
-    "grpo": {"algo": {"name": "grpo"}},
-    "opsd": {"algo": {"name": "opsd", "dynamic_sampling": False}, "train": {"lr": 2e-5},
-             "teacher": {"source": "solution", "template": TEMPLATES["solution"]}},
-    "rlsd-answer": {"algo": {"name": "rlsd", "lam": 1.0},
-                    "teacher": {"source": "answer", "template": TEMPLATES["answer"]}},
-    "rlsd-trace": {"algo": {"name": "rlsd", "lam": 1.0},
-                   "teacher": {"source": "solution", "template": TEMPLATES["solution"]}},
-}
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for key, value in extra.items():
-        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
-    return out
+METHODS = ("grpo", "opsd", "rlsd-paper-answer", "rlsd-paper-trace")
 
 
 def run_config(method: str, seed: int, model_dir: str, data_dir: str, run_dir: str, steps: int,
@@ -60,7 +42,7 @@ def run_config(method: str, seed: int, model_dir: str, data_dir: str, run_dir: s
         "train": {"steps": steps, "seed": seed, "eval_every": eval_every, "output_dir": run_dir,
                   "checkpoint_every": 0},
     })
-    return merge(base, METHODS[method])
+    return merge(base, ARMS[method])
 
 
 def _run(job, cores: queue.Queue) -> tuple:
@@ -99,16 +81,16 @@ def summarize(curves: dict, warm: float, tail: int) -> tuple:
     run is its mean accuracy over the last ``tail`` evaluations; differences from GRPO are paired by seed."""
     methods = list(curves)
     steps = sorted(set.intersection(*[set(c) for m in methods for c in curves[m].values()]))
-    head = f"{'step':>5} | " + " | ".join(f"{m:>15}" for m in methods)
+    head = f"{'step':>5} | " + " | ".join(f"{m:>17}" for m in methods)
     lines = ["Held-out greedy accuracy (%), mean +- sd over seeds", head, "-" * len(head)]
     for s in steps:
         cells = [mean_sd([100 * c[s] for c in curves[m].values()]) for m in methods]
-        lines.append(f"{s:>5} | " + " | ".join(f"{mu:>8.1f} +- {sd:>4.1f}" for mu, sd in cells))
+        lines.append(f"{s:>5} | " + " | ".join(f"{mu:>10.1f} +- {sd:>4.1f}" for mu, sd in cells))
     final = {m: {seed: statistics.fmean(c[s] for s in steps[-tail:]) for seed, c in curves[m].items()}
              for m in methods}
     summary = {}
     lines += ["", f"Final = mean over the last {tail} evaluations (steps {steps[-tail]}-{steps[-1]}); "
-              f"warm start {100 * warm:.1f}%", f"{'method':>12} | {'final':>14} | {'gain vs warm':>14} | "
+              f"warm start {100 * warm:.1f}%", f"{'method':>17} | {'final':>14} | {'gain vs warm':>14} | "
               f"{'paired diff vs grpo (mean +- se)':>32}"]
     for m in methods:
         vals = [100 * v for v in final[m].values()]
@@ -122,7 +104,7 @@ def summarize(curves: dict, warm: float, tail: int) -> tuple:
             entry.update(diff_vs_grpo=dmu, diff_vs_grpo_se=se)
             diff = f"{dmu:+.1f} +- {se:.1f}"
         summary[m] = entry
-        lines.append(f"{m:>12} | {mu:>6.1f} +- {sd:>4.1f} | {mu - 100 * warm:>+14.1f} | {diff:>32}")
+        lines.append(f"{m:>17} | {mu:>6.1f} +- {sd:>4.1f} | {mu - 100 * warm:>+14.1f} | {diff:>32}")
     return "\n".join(lines), summary
 
 
@@ -150,11 +132,11 @@ def plot_curves(curves: dict, warm: float, path: str) -> None:
 
 
 def run_demo(out_dir: str = "rlsd-demo", cache_dir: str = "~/.cache/rlsd", quick: bool = False, seeds=None,
-             steps=None, workers: int = 2, engine: str = "", methods=tuple(METHODS), log=print) -> dict:
+             steps=None, workers: int = 2, engine: str = "hf", methods=METHODS, log=print) -> dict:
     t0 = time.perf_counter()
     engine = engine or default_engine()
     seeds = seeds or (2 if quick else 3)
-    steps = steps or (30 if quick else 60)
+    steps = steps or (30 if quick else 50)
     eval_every = 10
     out_dir = os.path.abspath(out_dir)
     data_dir = os.path.join(out_dir, "data")
@@ -169,8 +151,8 @@ def run_demo(out_dir: str = "rlsd-demo", cache_dir: str = "~/.cache/rlsd", quick
     torch.set_num_threads(1)
     model_dir, info = warm_start(os.path.expanduser(cache_dir), heldout, WarmupConfig(), log=log)
     warm = info["accuracy"]["plain"]
-    log(f"warm start: {model_dir} (step {info['step']}, {info['seconds']:.0f}s): held-out greedy accuracy "
-        f"{100 * warm:.1f}% ({100 * info['accuracy']['answer']:.1f}% with the answer in context, "
+    log(f"warm start: {model_dir} (step {info['step']}, fingerprint {info['fingerprint'][:16]}): held-out greedy "
+        f"accuracy {100 * warm:.1f}% ({100 * info['accuracy']['answer']:.1f}% with the answer in context, "
         f"{100 * info['accuracy']['solution']:.1f}% with the trace)")
 
     jobs = []

@@ -1,17 +1,7 @@
-"""``rlsd study``: does RLSD beat GRPO on the demo task? Every arm from one warm start, paired by seed.
-
-Arms (all with PPO mini-batches: 16 prompts x 8 responses per rollout batch, 4 optimizer steps of
-4 prompts each):
-
-    grpo                 lam = 0
-    opsd                 on-policy self-distillation (worked trace in context), no reward
-    rlsd-paper-answer    lam 0.5 -> 0 linearly over 50 steps, teacher copy re-synced every 10 steps,
-    rlsd-paper-trace       with the answer / the worked trace as privileged context
-    rlsd-live-answer     lam = 1, live teacher (the current weights)
-    rlsd-live-trace
-
-Each run is an ``rlsd train`` subprocess (experiment.py). Results: per-step metrics of every run
-(``metrics.csv``), a summary (``summary.json``, ``summary.txt``) and plots, written to ``--out``.
+"""``rlsd study``: does RLSD beat GRPO on the demo task? Every arm (arms.py) from one warm start, paired
+by seed. Each run is an ``rlsd train`` subprocess (experiment.py). Results: per-step metrics of every
+run (``metrics.csv``), a summary (``summary.json``, ``summary.txt``), plots, and where the credit clip
+acts on one batch (``clip_anatomy.json``), written to ``--out``.
 """
 
 from __future__ import annotations
@@ -28,27 +18,11 @@ import yaml
 
 from ..data import write_jsonl
 from ..metrics import read_jsonl
-from .experiment import HELDOUT_SEED, RL, TRAIN_SEED, _run, default_engine, merge
-from .task import ANSWER_PATTERN, TEMPLATES, make_split
+from .anatomy import anatomy_report
+from .arms import ARMS, RL, STUDY_ARMS, merge
+from .experiment import HELDOUT_SEED, TRAIN_SEED, _run, default_engine
+from .task import ANSWER_PATTERN, make_split
 from .warmup import WarmupConfig, warm_start
-
-STUDY_RL = merge(RL, {"train": {"ppo_mini_batch_size": 4, "lr": 5e-5}})
-PAPER = {"lam": 0.5, "lam_schedule": "linear", "lam_end": 0.0, "lam_decay_steps": 50}
-
-
-def _teacher(source: str, sync: str = "live") -> dict:
-    return {"source": source, "template": TEMPLATES[source], "sync": sync, "sync_every": 10}
-
-
-ARMS = {
-    "grpo": {"algo": {"name": "grpo"}},
-    "opsd": {"algo": {"name": "opsd", "dynamic_sampling": False}, "train": {"lr": 1e-5},
-             "teacher": _teacher("solution")},
-    "rlsd-paper-answer": {"algo": {"name": "rlsd", **PAPER}, "teacher": _teacher("answer", "frozen")},
-    "rlsd-paper-trace": {"algo": {"name": "rlsd", **PAPER}, "teacher": _teacher("solution", "frozen")},
-    "rlsd-live-answer": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("answer")},
-    "rlsd-live-trace": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("solution")},
-}
 
 DIAGNOSTICS = ("reward_mean", "accuracy", "credit_clip_low_frac", "credit_clip_high_frac", "credit_clip_frac",
                "delta_mean", "delta_std", "entropy_mean", "ppo_clip_frac", "approx_kl", "response_len", "lam")
@@ -56,7 +30,7 @@ DIAGNOSTICS = ("reward_mean", "accuracy", "credit_clip_low_frac", "credit_clip_h
 
 def arm_config(arm: str, seed: int, model_dir: str, data_dir: str, run_dir: str, steps: int, eval_every: int,
                engine: str, extra: dict = None) -> dict:
-    base = merge(STUDY_RL, {
+    base = merge(RL, {
         "model": {"path": model_dir},
         "data": {"train": os.path.join(data_dir, "train.jsonl"), "eval": os.path.join(data_dir, "eval.jsonl")},
         "verifier": {"name": "exact", "options": {"pattern": ANSWER_PATTERN}},
@@ -215,7 +189,7 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
 # ------------------------------------------------------------------------------------- running
 def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_dir: str = "~/.cache/rlsd",
               seeds: int = 8, steps: int = 50, eval_every: int = 10, workers: int = 2, engine: str = "hf",
-              arms=tuple(ARMS), warmup: WarmupConfig = WarmupConfig(), report_only: bool = False,
+              arms=STUDY_ARMS, warmup: WarmupConfig = WarmupConfig(), report_only: bool = False,
               log=print) -> dict:
     t0 = time.perf_counter()
     engine = engine or default_engine()
@@ -240,8 +214,12 @@ def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_
         plot_study(runs, summary, os.path.join(out, "study.png"))
     result = {"warm_start": {k: info[k] for k in ("step", "accuracy", "curve", "fingerprint")},
               "settings": {"seeds": seeds, "steps": steps, "eval_every": eval_every, "workers": workers,
-                           "engine": engine, "arms": {a: ARMS[a] for a in arms}, "base": STUDY_RL},
+                           "engine": engine, "arms": {a: ARMS[a] for a in arms}, "base": RL},
               "summary": summary, "minutes": minutes}
+    final = os.path.join(runs_dir, "grpo", "seed0", "checkpoints", f"step_{steps:06d}", "model")
+    models = {"warm start": model_dir, **({"grpo seed 0, last step": final} if os.path.isdir(final) else {})}
+    with open(os.path.join(out, "clip_anatomy.json"), "w") as f:
+        json.dump(anatomy_report(models, train[:64]), f, indent=1)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(out, "summary.txt"), "w") as f:

@@ -1,0 +1,45 @@
+"""The run settings shared by ``rlsd demo`` and ``rlsd study``: one base (16 prompts x 8 responses per
+rollout batch, PPO mini-batches of 4 prompts, one thread) and the arms compared, each a config overlay.
+
+    grpo                 lam = 0
+    opsd                 on-policy self-distillation (worked trace in context), no reward
+    rlsd-paper-answer    lam 0.5 -> 0 linearly over 50 steps, teacher copy re-synced every 10 steps,
+    rlsd-paper-trace       with the answer / the worked trace as privileged context
+    rlsd-live-answer     lam = 1, live teacher (the current weights)
+    rlsd-live-trace
+    rlsd-live-trace-eps0.5, -eps0.9   (extra: a wider credit clip eps_w; not in the default study)
+"""
+
+from __future__ import annotations
+
+from .task import TEMPLATES
+
+RL = {"rollout": {"n": 8, "max_new_tokens": 32, "temperature": 1.0},
+      "train": {"prompts_per_step": 16, "micro_batch_size": 128, "ppo_mini_batch_size": 4, "lr": 5e-5,
+                "grad_clip": 1.0, "threads": 1, "progress": False}}
+PAPER = {"lam": 0.5, "lam_schedule": "linear", "lam_end": 0.0, "lam_decay_steps": 50}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in extra.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def _teacher(source: str, sync: str = "live") -> dict:
+    return {"source": source, "template": TEMPLATES[source], "sync": sync, "sync_every": 10}
+
+
+ARMS = {
+    "grpo": {"algo": {"name": "grpo"}},
+    "opsd": {"algo": {"name": "opsd", "dynamic_sampling": False}, "train": {"lr": 1e-5},
+             "teacher": _teacher("solution")},
+    "rlsd-paper-answer": {"algo": {"name": "rlsd", **PAPER}, "teacher": _teacher("answer", "frozen")},
+    "rlsd-paper-trace": {"algo": {"name": "rlsd", **PAPER}, "teacher": _teacher("solution", "frozen")},
+    "rlsd-live-answer": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("answer")},
+    "rlsd-live-trace": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("solution")},
+}
+STUDY_ARMS = tuple(ARMS)
+ARMS.update({f"rlsd-live-trace-eps{eps}": {"algo": {"name": "rlsd", "lam": 1.0, "eps_w": eps},
+                                           "teacher": _teacher("solution")} for eps in (0.5, 0.9)})
