@@ -1,8 +1,9 @@
 """The test runner executed inside the sandbox, in a private namespace (see ``code.STUB``).
 
-argv: ``REPORT_FD LIMITS_JSON`` (resource name -> limit, e.g. ``{"CPU": 6}``).
+argv: ``REPORT_FD LIMITS`` (``NAME=VALUE`` resource limits joined by commas, e.g. ``CPU=6,NOFILE=64``).
 
-stdin: the run's token on the first line, then JSON ``{"code": ..., "tests": ...}``. The solution runs
+stdin: the run's token on the first line, the length in bytes of the code on the second, then the
+code and the tests (UTF-8). Only C modules and ``types`` are imported, to start fast. The solution runs
 first, then the tests, in a worker thread; the token is written to ``REPORT_FD`` only when the last
 test statement has returned and the interpreter's shared state is as the tests found it. The token
 lives in ``_run``'s local variables only: frames, the garbage collector, tracing, ctypes, native code
@@ -12,14 +13,13 @@ Python signal handlers run in the main thread only, and the solution runs in ano
 receives a frame either. This file is standard library only; it is not imported by the trainer.
 """
 
+import _signal
 import _thread
 import builtins
 import importlib  # noqa: F401  its import renames the frozen import machinery's modules
-import json
 import opcode
 import os
 import resource
-import signal
 import sys
 import types  # noqa: F401  its import reads a traceback's frame: loaded before the hook refuses frames
 
@@ -137,26 +137,29 @@ def _run(token, report_fd, err_fd, code, tests):
     exit_(0)
 
 
-def _limits(cfg):
-    for name, value in cfg.items():
-        res = getattr(resource, "RLIMIT_" + name)
-        resource.setrlimit(res, (value, value))
+def _limits(spec):
+    for item in spec.split(","):
+        name, value = item.split("=")
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (int(value), int(value)))
 
 
 def main():
-    report_fd, limits = int(sys.argv[-2]), json.loads(sys.argv[-1])
-    token = sys.stdin.buffer.readline().strip()
-    payload = json.loads(sys.stdin.buffer.read())
+    report_fd, limits = int(sys.argv[-2]), sys.argv[-1]
+    stdin = sys.stdin.buffer
+    token = stdin.readline().strip()
+    size = int(stdin.readline())
+    code = stdin.read(size).decode()
+    tests = stdin.read().decode()
     err_fd = os.dup(2)  # the runner's messages; the solution's stdin, stdout and stderr are /dev/null
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.set_inheritable(report_fd, False)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the file-size limit a write fails, not the process
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # past the file-size limit a write fails, not the process
     _limits(limits)
     sys.addaudithook(_hook)
-    _thread.start_new_thread(_run, (token, report_fd, err_fd, payload["code"], payload["tests"]))
-    del token, payload
+    _thread.start_new_thread(_run, (token, report_fd, err_fd, code, tests))
+    del token
     wait = _thread.allocate_lock()
     wait.acquire()
     wait.acquire()  # forever: the worker ends the process with os._exit

@@ -8,7 +8,6 @@ token that it writes after the last test statement has returned: exit codes, ``s
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -74,16 +73,18 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
               sandbox: str = "bwrap") -> Verdict:
     """Run ``code`` then ``tests``; reward 1 iff the runner's token arrives (the tests ran to the end)."""
     token = secrets.token_hex(16).encode()
-    limits = {"CPU": math.ceil(timeout) + 1, "AS": memory_mb << 20, "FSIZE": file_mb << 20, "NOFILE": 64,
-              "CORE": 0}
     read_fd, write_fd = os.pipe()
     argv = [python_executable(), "-I", "-S", "-B", "-c", STUB, RUNNER, str(write_fd)]
+    limits = {"CPU": math.ceil(timeout) + 1, "AS": memory_mb << 20, "FSIZE": file_mb << 20, "NOFILE": 64,
+              "CORE": 0}
+    if sandbox == "bwrap":
+        limits["NPROC"] = MAX_PROCS  # counted per user namespace: only the sandbox's own processes
+    argv += [",".join(f"{k}={v}" for k, v in limits.items())]
     with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
         if sandbox == "bwrap":
-            limits["NPROC"] = MAX_PROCS  # counted per user namespace: only the sandbox's own processes
-            argv, env, cwd = bwrap_command(argv + [json.dumps(limits)], check_bwrap()), {}, None
+            argv, env, cwd = bwrap_command(argv, check_bwrap()), {}, None
         else:
-            argv, env, cwd = argv + [json.dumps(limits)], {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp}, tmp
+            env, cwd = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp}, tmp
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
                                     pass_fds=(write_fd,), env=env, cwd=cwd, start_new_session=True)
@@ -94,7 +95,8 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
             os.close(write_fd)
         try:
             with contextlib.suppress(BrokenPipeError), proc.stdin:
-                proc.stdin.write(token + b"\n" + json.dumps({"code": code, "tests": tests}).encode())
+                source = code.encode(errors="replace")
+                proc.stdin.write(b"%s\n%d\n%s%s" % (token, len(source), source, tests.encode(errors="replace")))
             report = _read_report(read_fd, timeout)
         finally:
             os.close(read_fd)
