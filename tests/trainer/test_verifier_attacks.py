@@ -272,6 +272,9 @@ def test_correct_solutions_still_pass(patient):
     for solution in solutions:
         verdict = patient(solution, TESTS + "\nimport math\nassert math.isclose(f(0.5), 1.0)")
         assert verdict.reward == 1.0, (solution, verdict)
+    many_names = "\n".join(f"v{i} = {i}" for i in range(300))  # imports past 256 names; one that fails
+    tests = many_names + "\nimport fractions\ntry:\n    import no_such_module\nexcept ImportError:\n    pass\n" + TESTS
+    assert patient(GOOD, tests).reward == 1.0
     same_module = "from fractions import Fraction\ndef f(x):\n    return Fraction(x, 2)"
     assert patient(same_module, "from fractions import Fraction\nassert f(1) == Fraction(1, 2)").reward == 1.0
 

@@ -88,11 +88,12 @@ def _state(names):
 
 def _imported(code):
     """Names of the modules that ``code`` and the functions in it import."""
-    names, op = set(), opcode.opmap["IMPORT_NAME"]
-    raw = code.co_code
+    names, raw, extended = set(), code.co_code, 0
     for i in range(0, len(raw), 2):
-        if raw[i] == op:  # its argument fits in one byte when the names are few; larger ones are skipped
-            names.add(code.co_names[raw[i + 1]])
+        op, arg = raw[i], raw[i + 1] | extended
+        extended = arg << 8 if op == opcode.EXTENDED_ARG else 0
+        if op == opcode.opmap["IMPORT_NAME"]:
+            names.add(code.co_names[arg])
     for const in code.co_consts:
         if type(const) is type(code):
             names |= _imported(const)
@@ -107,7 +108,10 @@ def _run(token, report_fd, err_fd, code, tests):
     try:
         tests = compile(tests, "<tests>", "exec")
         for name in _imported(tests):  # imported before the solution runs, so that changes show
-            __import__(name)
+            try:
+                __import__(name)
+            except (ImportError, ValueError):  # the tests may expect that, or import relatively
+                pass
         present = set(_modules)
         before = _state(present)
         namespace = {"__name__": "__main__", "__builtins__": builtins}
