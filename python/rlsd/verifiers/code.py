@@ -53,9 +53,11 @@ def check_sandbox(sandbox: str = "bwrap", **_) -> None:
 def _read_report(fd: int, timeout: float) -> Optional[bytes]:
     """The first bytes written to ``fd`` once every writer has exited; None at the deadline."""
     report, deadline = b"", time.monotonic() + timeout
+    poller = select.poll()  # not select.select: descriptors past 1023 are common in a trainer
+    poller.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             return None
         chunk = os.read(fd, 4096)
         if not chunk:
