@@ -54,6 +54,7 @@ class DataConfig:
 class VerifierConfig:
     name: str = "math"                   # a key of rlsd.verifiers.REGISTRY
     options: dict = field(default_factory=dict)
+    workers: int = 0                     # threads verifying a batch of responses; 0 = 2 x cores
 
 
 @dataclass
@@ -267,6 +268,7 @@ def _value_problems(cfg: Config) -> list:
         ("algo.opsd_beta", a.opsd_beta, 0 <= a.opsd_beta <= 1, "in [0, 1]"),
         ("algo.opsd_coef", a.opsd_coef, math.isfinite(a.opsd_coef) and a.opsd_coef >= 0, "a finite number >= 0"),
         ("train.steps", t.steps, t.steps >= 1, ">= 1"),
+        ("verifier.workers", cfg.verifier.workers, cfg.verifier.workers >= 0, ">= 0 (0: 2 x cores)"),
         ("train.prompts_per_step", t.prompts_per_step, t.prompts_per_step >= 1, ">= 1"),
         ("train.micro_batch_size", t.micro_batch_size, t.micro_batch_size >= 1, ">= 1"),
         ("train.micro_batch_tokens", t.micro_batch_tokens, t.micro_batch_tokens >= 0, ">= 0 (0: off)"),
