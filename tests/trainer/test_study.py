@@ -32,11 +32,11 @@ def test_summary_pairs_by_seed_and_finds_the_step_to_reach_grpo():
     steps = (0, 10, 20, 30)
     grpo = {0: dict(zip(steps, (0.2, 0.3, 0.4, 0.5))), 1: dict(zip(steps, (0.2, 0.4, 0.5, 0.6)))}
     fast = {0: dict(zip(steps, (0.2, 0.5, 0.6, 0.7))), 1: dict(zip(steps, (0.2, 0.5, 0.7, 0.7)))}
-    half = {0: dict(zip(steps, (0.2, 0.2, 0.2, 0.2)))}  # seed 1 unfinished: left out of every comparison
+    half = {1: dict(zip(steps, (0.2, 0.2, 0.2, 0.3)))}  # seed 0 unfinished: paired with grpo on seed 1 only
     s = summarize(fake_runs({"grpo": grpo, "fast": fast, "half": half}), tail=2)
-    assert s["seeds"] == [0]
-    s = summarize(fake_runs({"grpo": grpo, "fast": fast}), tail=2)
-    assert s["seeds"] == [0, 1] and s["final_steps"] == [20, 30]
+    assert s["final_steps"] == [20, 30] and s["arms"]["half"]["seeds"] == [1]
+    assert s["arms"]["half"]["diff_vs_grpo"] == pytest.approx(100 * (0.25 - 0.55))
+    assert s["arms"]["half"]["diff_vs_grpo_se"] == 0.0 and s["arms"]["half"]["steps_to_grpo_final"] is None
     fast_e, grpo_e = s["arms"]["fast"], s["arms"]["grpo"]
     assert grpo_e["final_mean"] == pytest.approx(100 * (0.45 + 0.55) / 2)
     # paired differences: seed 0 +20, seed 1 +15 points -> mean 17.5, se 2.5

@@ -53,12 +53,6 @@ def load_runs(runs_dir: str, arms, seeds: int) -> dict:
     return runs
 
 
-def complete_seeds(runs: dict) -> list:
-    """Seeds for which every arm finished (the paired comparison uses only these)."""
-    sets = [set(r) for r in runs.values()]
-    return sorted(set.intersection(*sets)) if sets else []
-
-
 def curve(records: list, key: str = "eval_accuracy") -> dict:
     return {r["step"]: r[key] for r in records if key in r}
 
@@ -74,32 +68,32 @@ def first_reach(points: dict, target: float):
 
 
 def summarize(runs: dict, tail: int = 3) -> dict:
-    """Final accuracy (mean of the last ``tail`` evaluations), paired differences from GRPO with
-    standard errors, steps to reach GRPO's final accuracy, peak and end (rise then decline),
-    and each diagnostic's mean over the run, all over the seeds every arm finished."""
-    seeds = complete_seeds(runs)
-    out = {"seeds": seeds, "tail": tail, "arms": {}}
-    if not seeds:
+    """Final accuracy (mean of the last ``tail`` evaluations), differences from GRPO paired by seed
+    (the seeds both finished) with standard errors, steps to reach GRPO's final accuracy, peak and
+    end (rise then decline), and each diagnostic's mean over the run; each arm over its finished seeds."""
+    out = {"tail": tail, "arms": {}}
+    if not runs:
         return out
-    curves = {a: {s: curve(runs[a][s]) for s in seeds} for a in runs}
+    curves = {a: {s: curve(r) for s, r in runs[a].items()} for a in runs}
     steps = sorted(set.intersection(*[set(c) for a in curves for c in curves[a].values()]))
     out["eval_steps"], out["final_steps"] = steps, steps[-tail:]
-    final = {a: {s: statistics.fmean(curves[a][s][t] for t in steps[-tail:]) for s in seeds} for a in curves}
-    mean_curve = {a: {t: statistics.fmean(curves[a][s][t] for s in seeds) for t in steps} for a in curves}
+    final = {a: {s: statistics.fmean(c[t] for t in steps[-tail:]) for s, c in curves[a].items()} for a in curves}
+    mean_curve = {a: {t: statistics.fmean(c[t] for c in curves[a].values()) for t in steps} for a in curves}
     grpo_final = statistics.fmean(final["grpo"].values()) if "grpo" in final else None
     for a in curves:
+        seeds = sorted(curves[a])
         vals = [100 * v for v in final[a].values()]
         mu, se = mean_se(vals)
         peak_step = max(steps, key=lambda t: mean_curve[a][t])
-        entry = {"final_mean": mu, "final_se": se, "final_sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        entry = {"seeds": seeds, "final_mean": mu, "final_se": se, "final_sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                  "start": 100 * mean_curve[a][steps[0]], "peak": 100 * mean_curve[a][peak_step], "peak_step": peak_step,
                  "end": 100 * mean_curve[a][steps[-1]], "curve": {t: 100 * v for t, v in mean_curve[a].items()}}
         if grpo_final is not None:
             entry["steps_to_grpo_final"] = first_reach(mean_curve[a], grpo_final)
-            reach = [first_reach(curves[a][s], final["grpo"][s]) for s in seeds]
-            entry["steps_to_grpo_final_per_seed"] = reach
-            if a != "grpo":
-                d = [100 * (final[a][s] - final["grpo"][s]) for s in seeds]
+            paired = [s for s in seeds if s in final["grpo"]]
+            entry["steps_to_grpo_final_per_seed"] = [first_reach(curves[a][s], final["grpo"][s]) for s in paired]
+            if a != "grpo" and paired:
+                d = [100 * (final[a][s] - final["grpo"][s]) for s in paired]
                 entry["diff_vs_grpo"], entry["diff_vs_grpo_se"] = mean_se(d)
                 entry["wins_vs_grpo"] = sum(x > 0 for x in d)
         for key in DIAGNOSTICS:
@@ -116,17 +110,17 @@ def summary_text(summary: dict, warm: dict) -> str:
         return "no arm finished on a common seed"
     steps = summary["eval_steps"]
     lines = [f"warm start: {100 * warm['plain']:.1f}% held-out greedy accuracy ({100 * warm['answer']:.1f}% with "
-             f"the answer in context, {100 * warm['solution']:.1f}% with the trace); seeds {len(summary['seeds'])}",
-             "", "held-out greedy accuracy (%), mean over seeds",
+             f"the answer in context, {100 * warm['solution']:.1f}% with the trace)",
+             "", "held-out greedy accuracy (%), mean over each arm's seeds",
              f"{'step':>5} | " + " | ".join(f"{a:>17}" for a in arms)]
     for t in steps:
         lines.append(f"{t:>5} | " + " | ".join(f"{arms[a]['curve'][t]:>17.1f}" for a in arms))
     lines += ["", f"final = mean of the evaluations at steps {summary['final_steps']}; differences paired by seed",
-              f"{'arm':>17} | {'final (+- se)':>13} | {'vs grpo (+- se)':>15} | {'wins':>4} | "
+              f"{'arm':>17} | {'n':>2} | {'final (+- se)':>13} | {'vs grpo (+- se)':>15} | {'wins':>4} | "
               f"{'reach grpo final':>16} | {'peak (step)':>11} | {'clip lo/hi %':>12} | {'delta m/sd':>11} | "
               f"{'entropy':>7} | {'ppo clip %':>10}"]
-    n = len(summary["seeds"])
     for a, e in arms.items():
+        n = len(e["steps_to_grpo_final_per_seed"]) if "steps_to_grpo_final_per_seed" in e else 0
         diff = f"{e['diff_vs_grpo']:+.1f} +- {e['diff_vs_grpo_se']:.1f}" if "diff_vs_grpo" in e else ""
         wins = f"{e['wins_vs_grpo']}/{n}" if "wins_vs_grpo" in e else ""
         clip = (f"{100 * e['credit_clip_low_frac_run_mean']:.1f}/{100 * e['credit_clip_high_frac_run_mean']:.1f}"
@@ -136,7 +130,7 @@ def summary_text(summary: dict, warm: dict) -> str:
         ent = f"{e['entropy_mean_run_mean']:.3f}" if "entropy_mean_run_mean" in e else ""
         ppo = f"{100 * e['ppo_clip_frac_run_mean']:.2f}" if "ppo_clip_frac_run_mean" in e else ""
         reach = e.get("steps_to_grpo_final")
-        lines.append(f"{a:>17} | {e['final_mean']:>6.1f} +- {e['final_se']:.1f} | {diff:>15} | {wins:>4} | "
+        lines.append(f"{a:>17} | {len(e['seeds']):>2} | {e['final_mean']:>6.1f} +- {e['final_se']:.1f} | {diff:>15} | {wins:>4} | "
                      f"{'-' if reach is None else reach:>16} | {e['peak']:>5.1f} ({e['peak_step']:>2}) | {clip:>12} | "
                      f"{delta:>11} | {ent:>7} | {ppo:>10}")
     return "\n".join(lines)
@@ -159,7 +153,6 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seeds = summary["seeds"]
     panels = [("eval_accuracy", "held-out greedy accuracy"), ("credit_clip_low_frac", "credit clip low"),
               ("credit_clip_high_frac", "credit clip high"), ("delta_mean", "delta mean"),
               ("delta_std", "delta std"), ("entropy_mean", "entropy"), ("ppo_clip_frac", "PPO clip fraction"),
@@ -167,7 +160,7 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
     fig, axes = plt.subplots(3, 3, figsize=(15, 11))
     for ax, (key, title) in zip(axes.flat, panels):
         for a in runs:
-            per_seed = [curve(runs[a][s], key) for s in seeds]
+            per_seed = [curve(r, key) for r in runs[a].values()]
             steps = sorted(set.intersection(*[set(c) for c in per_seed])) if per_seed else []
             if not steps:
                 continue
@@ -180,7 +173,9 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
         ax.set_title(title)
         ax.set_xlabel("RL step")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"RLSD study: 3-number sums, {len(seeds)} seeds (mean +- se)")
+    n = sorted({len(r) for r in runs.values()})
+    fig.suptitle(f"RLSD study: 3-number sums, {'-'.join(map(str, (n[0], n[-1]) if n[0] != n[-1] else n[:1]))} "
+                 f"seeds per arm (mean +- se)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
