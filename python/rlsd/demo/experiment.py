@@ -81,7 +81,7 @@ def summarize(curves: dict, warm: float, tail: int) -> tuple:
     run is its mean accuracy over the last ``tail`` evaluations; differences from GRPO are paired by seed."""
     methods = list(curves)
     steps = sorted(set.intersection(*[set(c) for m in methods for c in curves[m].values()]))
-    head = f"{'step':>5} | " + " | ".join(f"{m:>17}" for m in methods)
+    head = f"{'step':>5} | " + " | ".join(f"{m:>18}" for m in methods)
     lines = ["Held-out greedy accuracy (%), mean +- sd over seeds", head, "-" * len(head)]
     for s in steps:
         cells = [mean_sd([100 * c[s] for c in curves[m].values()]) for m in methods]
