@@ -22,7 +22,7 @@ from .anatomy import anatomy_report
 from .arms import ARMS, RL, STUDY_ARMS, merge
 from .experiment import HELDOUT_SEED, TRAIN_SEED, _run, default_engine
 from .task import ANSWER_PATTERN, make_split
-from .warmup import WarmupConfig, warm_start
+from .warmup import WarmupConfig, deterministic, warm_start
 
 DIAGNOSTICS = ("reward_mean", "accuracy", "credit_clip_low_frac", "credit_clip_high_frac", "credit_clip_frac",
                "delta_mean", "delta_std", "entropy_mean", "ppo_clip_frac", "approx_kl", "response_len", "lam")
@@ -213,7 +213,7 @@ def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_
               "summary": summary, "minutes": minutes}
     final = os.path.join(runs_dir, "grpo", "seed0", "checkpoints", f"step_{steps:06d}", "model")
     models = {"warm start": model_dir, **({"grpo seed 0, last step": final} if os.path.isdir(final) else {})}
-    with open(os.path.join(out, "clip_anatomy.json"), "w") as f:
+    with deterministic(), open(os.path.join(out, "clip_anatomy.json"), "w") as f:
         json.dump(anatomy_report(models, train[:64]), f, indent=1)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(result, f, indent=1)
