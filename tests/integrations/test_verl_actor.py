@@ -10,10 +10,12 @@ teacher's log-probs with the worker's own ``compute_log_prob`` on the privileged
 one ``update_actor`` on a batch laid out as veRL's trainer hands it over (``DataProto`` ->
 ``left_right_2_no_padding``). The thin trainer's ``Trainer.update`` (live teacher, same old
 log-probs, same advantages, same micro-batches) on the same batch from the same weights must give
-the same loss, gradient norm, gradients and AdamW step.
+the same loss, gradient norm, gradients and AdamW step: with one rank, and with two ranks (gloo,
+parameters sharded by FSDP2, each rank with its contiguous half of the batch as veRL's dispatch
+hands it out).
 
 Not run, because veRL 0.9.1 needs a GPU or Ray for it: the Ray worker group (the worker is
-called in-process, one rank, gloo), the rollout engine (vLLM/SGLang), and veRL's device platform
+called in-process on each rank), the rollout engine (vLLM/SGLang), and veRL's device platform
 (veRL registers only CUDA/NPU/ROCm platforms; ``CPUPlatform`` below is registered through veRL's
 platform plugin registry so that device calls go to the CPU).
 """
@@ -117,19 +119,31 @@ def cpu_platform():
     return CPUPlatform()
 
 
-@pytest.fixture(scope="module")
-def cpu_process_group():
+def init_cpu_rank(rank, world_size, port):
+    """This process as rank ``rank`` of a gloo group, with veRL on the CPU platform. Returns the
+    platform it replaced."""
     from verl.plugin.platform import platform_manager
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # VERL_ENGINE_DEVICE: veRL's override of the engine lookup (FSDPEngineWithLMHead is registered for cuda/npu)
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      VERL_ENGINE_DEVICE="cuda")
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), VERL_ENGINE_DEVICE="cuda")
     saved = platform_manager._current_platform
     platform_manager.set_platform(cpu_platform())
     torch.distributed.init_process_group("gloo")
+    return saved
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cpu_process_group():
+    from verl.plugin.platform import platform_manager
+
+    saved = init_cpu_rank(0, 1, free_port())
     yield
     torch.distributed.destroy_process_group()
     platform_manager._current_platform = saved
@@ -190,25 +204,26 @@ def verl_config(model_dir, loss_agg):
         f"{actor}.entropy_coeff=0", f"{actor}.optim.lr={LR}", f"{actor}.optim.weight_decay=0.01",
         f"{actor}.optim.clip_grad={CLIP}", f"{actor}.fsdp_config.use_torch_compile=False",
         f"+{actor}.fsdp_config.mixed_precision={{param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}}",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
     ]
     with initialize_config_dir(config_dir=os.path.dirname(config_pkg.__file__), version_base=None):
         return compose(config_name="ppo_trainer", overrides=overrides).actor_rollout_ref
 
 
-def verl_update(model, tok, tmp_path, loss_agg):
-    """One ``update_actor`` of veRL's actor worker; returns (metrics, grads, params)."""
+def verl_update(model_dir, loss_agg, rank=0, world_size=1):
+    """One ``update_actor`` of veRL's actor worker on this rank's share of the batch (veRL's dispatch
+    gives data-parallel rank r the r-th contiguous chunk); returns (metrics, grads, params)."""
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine_workers import ActorRolloutRefWorker
     from verl.workers.utils.padding import no_padding_2_padding
 
-    model_dir = str(tmp_path / "model")
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    torch.set_num_threads(1)
     worker = ActorRolloutRefWorker(verl_config(model_dir, loss_agg), role="actor")
     worker.init_model()
     worker.actor.set_loss_fn(with_teacher(worker.loss_fn))
-    contexts, privileged, responses, old, adv = batch(len(tok))
+    tok = char_tokenizer(ALPHABET)
+    share = 4 // world_size
+    contexts, privileged, responses, old, adv = (x[rank * share:(rank + 1) * share] for x in batch(len(tok)))
     R = max(map(len, responses))
     teacher_batch = verl_batch(privileged, responses, tok.pad_token_id)
     tu.assign_non_tensor(teacher_batch, calculate_entropy=False, compute_loss=False)
@@ -228,6 +243,17 @@ def verl_update(model, tok, tmp_path, loss_agg):
     return metrics, grads, {n: full(p.detach()).clone() for n, p in engine.module.named_parameters()}
 
 
+def verl_rank(rank, world_size, port, model_dir, loss_agg, out):
+    init_cpu_rank(rank, world_size, port)
+    try:
+        register(lam=LAM, eps_w=0.2)
+        result = verl_update(model_dir, loss_agg, rank, world_size)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def thin_trainer_update(model, tok, tmp_path, loss_agg):
     contexts, privileged, responses, old, adv = batch(len(tok))
     cfg = make_config(tmp_path, algo={"name": "rlsd", "lam": LAM, "loss_agg": loss_agg, "kl_coef": 0.0,
@@ -242,15 +268,17 @@ def thin_trainer_update(model, tok, tmp_path, loss_agg):
     return loss, metrics, grads, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
-def test_verl_actor_update_equals_thin_trainer(cpu_process_group, tmp_path, loss_agg):
-    register(lam=LAM, eps_w=0.2)
+def tiny_model_dir(tmp_path):
     tok = char_tokenizer(ALPHABET)
     model = tiny_qwen3(len(tok), hidden=64, layers=2, heads=1, head_dim=64, ffn=128, seed=0)
-    metrics, grads, params = verl_update(copy.deepcopy(model), tok, tmp_path, loss_agg)
-    loss, t_metrics, t_grads, t_params = thin_trainer_update(model, tok, tmp_path, loss_agg)
-    (pg_loss,), (grad_norm,) = metrics["actor/pg_loss"], metrics["grad_norm"]  # one optimizer step
-    assert pg_loss == pytest.approx(loss, rel=1e-5)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    return model, tok, str(tmp_path / "model")
+
+
+def assert_same_update(verl_result, thin_result):
+    (metrics, grads, params), (loss, t_metrics, t_grads, t_params) = verl_result, thin_result
+    (grad_norm,) = metrics["grad_norm"]  # one optimizer step
     assert grad_norm == pytest.approx(t_metrics["grad_norm"], rel=1e-5) and grad_norm > CLIP
     assert t_metrics["credit_clip_frac"] > 0 and t_metrics["ppo_clip_frac"] > 0
     for name, g in t_grads.items():
@@ -259,3 +287,23 @@ def test_verl_actor_update_equals_thin_trainer(cpu_process_group, tmp_path, loss
     # (within the gradient tolerance) moves the step by up to a few tenths of a percent of lr
     for name, p in t_params.items():
         torch.testing.assert_close(params[name], p, rtol=1e-5, atol=LR / 100, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_verl_actor_update_equals_thin_trainer(cpu_process_group, tmp_path, loss_agg):
+    register(lam=LAM, eps_w=0.2)
+    model, tok, model_dir = tiny_model_dir(tmp_path)
+    result = verl_update(model_dir, loss_agg)
+    thin = thin_trainer_update(model, tok, tmp_path, loss_agg)
+    (pg_loss,) = result[0]["actor/pg_loss"]
+    assert pg_loss == pytest.approx(thin[0], rel=1e-5)
+    assert_same_update(result, thin)
+
+
+def test_two_verl_actor_ranks_equal_thin_trainer(tmp_path):
+    """veRL's data-parallel path: two ranks, parameters sharded by FSDP2, each with half the batch;
+    the loss normalised by veRL's global token count (``batch_num_tokens``, ``dp_size``)."""
+    model, tok, model_dir = tiny_model_dir(tmp_path)
+    out = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(verl_rank, args=(2, free_port(), model_dir, "token-mean", out), nprocs=2)
+    assert_same_update(torch.load(out, weights_only=False), thin_trainer_update(model, tok, tmp_path, "token-mean"))
