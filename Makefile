@@ -21,6 +21,21 @@ REQUIREMENTS := requirements.txt requirements-dev.txt benchmarks/requirements.tx
 
 test: venv
 	$(PY) -m pytest -q
+	@if $(MAKE) --no-print-directory verl-env; then $(VERL_PY) -m pytest -q tests/integrations/test_verl*.py; \
+	else echo "SKIPPED the veRL tests: .venv-verl could not be built (make verl-env)"; fi
+
+# The veRL tests' own environment (veRL 0.9.1 pins transformers<5.11 and pulls ray): all pinned.
+VERL_PY := .venv-verl/bin/python
+
+.PHONY: verl-env
+verl-env: .venv-verl/.installed
+
+.venv-verl/.installed: requirements-verl.txt setup.py
+	test -x $(VERL_PY) || python3 -m venv .venv-verl
+	$(VERL_PY) -m pip install -q torch==2.13.0
+	$(VERL_PY) -m pip install -q -r requirements-verl.txt
+	$(VERL_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
 
 demo: venv
 	.venv/bin/rlsd demo
