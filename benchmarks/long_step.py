@@ -11,8 +11,8 @@ part and the peak memory of the step (CPU: resident set, VmHWM reset before the 
 ``max_memory_allocated``). The fused head is ``rlsd_loss``'s default impl; the eager head
 (``impl="eager"``) runs where its estimated need fits, else its row says "out of memory (needs N
 GiB)". That need is the suite's estimate of the eager loss (benchmarks/providers.py) plus weights,
-gradients and AdamW state; where eager ran at a shorter length, the loss's share is scaled by the
-ratio measured there (in a whole step eager holds more [N, V] buffers than the loss alone).
+gradients and AdamW state; once eager has run at one length, the loss's share is scaled by the
+ratio measured there (at least 1) for the lengths after it.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def markdown(rows: list, args, env: dict, wall: float) -> str:
              "Peak: CPU resident set (VmHWM, reset after the warm-up) / CUDA max allocated, of the whole process "
              "during the step; state = what the process held before it (weights, AdamW state, libraries).",
              "Eager's need where not run: the suite's estimate of the eager loss, scaled by measured / estimated at "
-             "the longest length where eager ran, plus float32 weights, gradients and AdamW state.",
+             "the last length where eager ran in the run, plus float32 weights, gradients and AdamW state.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["status"] != "ok":
