@@ -44,3 +44,20 @@ def test_filter_traces(tmp_path, capsys):
     assert report == {"rows": 4, "kept": 1, "rejected": {"wrong answer": 1, "malformed": 1, "no trace": 1}}
     kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert kept == rows[:1]
+
+
+def test_study_refuses_unknown_arms():
+    import pytest
+    with pytest.raises(SystemExit, match="unknown arms"):
+        main(["study", "--arms", "grpo", "rlsd-nope"])
+
+
+def test_study_report_only_writes_results(tmp_path):
+    out = tmp_path / "out"
+    assert main(["study", "--report-only", "--warm-steps", "2", "--cache", str(tmp_path / "cache"),
+                 "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warm_start"]["step"] == 2 and summary["summary"]["arms"] == {}
+    anatomy = json.loads((out / "clip_anatomy.json").read_text())
+    assert set(anatomy) == {"warm start"} and "credited (A != 0): the metric" in anatomy["warm start"]["answer"]["by_tokens"]
+    assert (out / "metrics.csv").read_text().startswith("arm,seed,step,eval_accuracy")

@@ -40,6 +40,14 @@ def clip_fraction(w, counted, eps: float) -> dict:
             "total": ((low | high).sum() / n).item(), "tokens": int(counted.sum())}
 
 
+def delta_stats(d) -> dict:
+    """Mean, std and |delta| quantiles of the credited tokens (empty when no group had mixed rewards)."""
+    if d.numel() < 2:
+        return {}
+    return {"delta_mean": d.mean().item(), "delta_std": d.std().item(),
+            "abs_delta_quantiles": {str(q): torch.quantile(d.abs(), q).item() for q in (0.5, 0.9, 0.95)}}
+
+
 def anatomy(model, tok, examples: list, n: int = 8, seed: int = 0) -> dict:
     """Clip fractions of one batch of ``len(examples)`` prompts x ``n`` samples at temperature 1."""
     engine = HFEngine(model, tok)
@@ -72,8 +80,7 @@ def anatomy(model, tok, examples: list, n: int = 8, seed: int = 0) -> dict:
         out[source] = {
             "by_tokens": {name: clip_fraction(w, m, 0.2) for name, m in subsets.items()},
             "by_eps_w": {str(eps): clip_fraction(w, credited, eps)["total"] for eps in EPS_W},
-            "delta_mean": delta[credited].mean().item(), "delta_std": delta[credited].std().item(),
-            "abs_delta_quantiles": {str(q): torch.quantile(delta[credited].abs(), q).item() for q in (0.5, 0.9, 0.95)},
+            **delta_stats(delta[credited]),
         }
     return out
 
