@@ -34,8 +34,9 @@ The teacher log-probs reach the loss as the ``teacher_log_prob`` keyword, or, si
 calls the policy loss with fixed keywords, through ``with teacher_log_probs(t): ...`` around that
 call: :func:`with_teacher` wraps the actor's loss function (``verl.workers.utils.losses.ppo_loss``
 bound to the actor config) so that each micro-batch's ``TEACHER_KEY`` column ([B, R], aligned with
-``old_log_probs``) is the teacher of its policy-loss call. :func:`logprobs_from_hidden` is the fused counterpart of veRL's ``FusedLinearForPPO``:
-``(hidden, weight, input_ids, temperature) -> (log_probs, entropy)`` without the logits.
+``old_log_probs``) is the teacher of its policy-loss call. :func:`logprobs_from_hidden` is the
+fused counterpart of veRL's ``FusedLinearForPPO``: ``(hidden, weight, input_ids, temperature) ->
+(log_probs, entropy)`` without the logits.
 """
 
 from __future__ import annotations
