@@ -12,11 +12,13 @@ The extension is the prebuilt ``rlsd_kernels._C`` when present, otherwise it is 
 ``csrc/epilogue.cpp`` (looked up in ``rlsd_kernels/csrc``, ``<repo>/csrc`` for a source checkout,
 then ``<sys.prefix>/share/rlsd-kernels/csrc`` where setup.py's data_files put it) with
 ``torch.utils.cpp_extension.load`` into ``$RLSD_KERNELS_BUILD_DIR`` (default: torch's extension
-cache). Loading happens on first use; nothing here raises at import.
+cache), under a name carrying the source's hash, so two checkouts of different versions never share
+a build or its lock. Loading happens on first use; nothing here raises at import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -59,9 +61,11 @@ def _load() -> ModuleType:
     build_dir = os.environ.get("RLSD_KERNELS_BUILD_DIR")
     if build_dir:
         os.makedirs(build_dir, exist_ok=True)
+    source = _source()
+    digest = hashlib.sha1(source.read_bytes()).hexdigest()[:12]  # one build (and build lock) per source version
     return load(
-        name="rlsd_kernels_C",
-        sources=[str(_source())],
+        name=f"rlsd_kernels_C_{digest}",
+        sources=[str(source)],
         extra_cflags=_CFLAGS,
         extra_ldflags=["-fopenmp"],
         build_directory=build_dir,
