@@ -58,3 +58,9 @@ def test_demo_runs_are_the_study_runs(tmp_path):
     args = (str(tmp_path / "m"), str(tmp_path), str(tmp_path / "r"), 50, 10, "hf")
     for method in METHODS:
         assert run_config(method, 2, *args) == arm_config(method, 2, *args)
+
+
+def test_demo_summary_with_fewer_evaluations_than_its_tail():
+    from rlsd.demo.experiment import summarize as demo_summary
+    table, summary = demo_summary({"grpo": {0: {0: 0.5, 2: 0.6}}, "opsd": {0: {0: 0.5, 2: 0.4}}}, 0.5, tail=3)
+    assert summary["opsd"]["diff_vs_grpo"] == pytest.approx(-10.0) and "steps 0-2" in table

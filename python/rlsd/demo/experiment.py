@@ -86,6 +86,7 @@ def summarize(curves: dict, warm: float, tail: int) -> tuple:
     for s in steps:
         cells = [mean_sd([100 * c[s] for c in curves[m].values()]) for m in methods]
         lines.append(f"{s:>5} | " + " | ".join(f"{mu:>10.1f} +- {sd:>4.1f}" for mu, sd in cells))
+    tail = min(tail, len(steps))
     final = {m: {seed: statistics.fmean(c[s] for s in steps[-tail:]) for seed, c in curves[m].items()}
              for m in methods}
     summary = {}
