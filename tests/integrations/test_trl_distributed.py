@@ -1,5 +1,6 @@
-"""RLSDTrainer under ``accelerate launch --num_processes 2`` (CPU, gloo) gives the same training step
-as one process on the whole batch.
+"""RLSDTrainer under ``accelerate launch --multi_gpu --num_processes 2`` (torchrun; with the
+trainer's ``use_cpu=True`` the processes run on the CPU over gloo: ``--cpu`` alone would launch a
+single process without mpirun) gives the same training step as one process on the whole batch.
 
 The rollouts come from a ``rollout_func`` (TRL's hook for custom generation) that answers each
 prompt with fixed tokens, the same whatever the number of processes, so both runs see the same
@@ -28,7 +29,8 @@ LR = 0.5
 
 def rollout(prompts, trainer):
     """Fixed completions: the g-th copy of a prompt in this process's list gets tokens built from
-    the prompt and g (each process holds whole groups: per_device_train_batch_size = num_generations)."""
+    the prompt and g (each process holds whole groups: per_device_train_batch_size is a multiple
+    of num_generations)."""
     tok = trainer.processing_class
     seen, prompt_ids, completion_ids = {}, [], []
     for p in prompts:
@@ -40,7 +42,7 @@ def rollout(prompts, trainer):
     return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
-def train_one_step(out_dir):
+def train_one_step(out_dir, per_device_batch):
     sys.path.insert(0, str(HERE))
     from test_trl import char_tokenizer, config, dataset, reward_digits, tiny_qwen3
 
@@ -51,7 +53,7 @@ def train_one_step(out_dir):
     tok = char_tokenizer()
     model = tiny_qwen3(len(tok))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = config(out_dir, per_device_train_batch_size=2, num_generations=2, max_steps=1, optim="sgd",
+    args = config(out_dir, per_device_train_batch_size=per_device_batch, num_generations=2, max_steps=1, optim="sgd",
                   learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=0.0, loss_type="dapo")
     trainer = RLSDTrainer(model, reward_digits, args=args, train_dataset=dataset(8), processing_class=tok,
                           rollout_func=rollout, lam=0.5)
@@ -59,16 +61,20 @@ def train_one_step(out_dir):
     if trainer.accelerator.is_main_process:
         logged = next(e for e in trainer.state.log_history if "loss" in e)
         change = {n: p.detach() - before[n] for n, p in model.named_parameters()}
-        torch.save({"change": change, "log": logged}, Path(out_dir) / "step.pt")
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        torch.save({"change": change, "log": logged, "processes": trainer.accelerator.num_processes,
+                    "backend": backend}, Path(out_dir) / "step.pt")
 
 
 def run(out_dir, processes):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    per_device = str(4 // processes)  # the whole batch: 4 completions (2 prompts x 2) per step
     if processes == 1:
-        cmd = [sys.executable, __file__, str(out_dir)]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", __file__, str(out_dir)]
+        cmd = [sys.executable, __file__, str(out_dir), per_device]
+    else:  # torchrun under accelerate; the trainer's use_cpu=True makes it gloo on the CPU
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", __file__, str(out_dir),
+               per_device]
     proc = subprocess.run(cmd, env=env, cwd=HERE.parent.parent, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(Path(out_dir) / "step.pt")
@@ -77,6 +83,7 @@ def run(out_dir, processes):
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     two = run(tmp_path / "two", 2)
     one = run(tmp_path / "one", 1)
+    assert (two["processes"], two["backend"], one["processes"]) == (2, "gloo", 1)
     assert one["log"]["rlsd/credit_clip_frac"] >= 0.0 and one["log"]["reward"] > 0.0
     for key in ("loss", "reward", "reward_std", "rlsd/delta_mean", "entropy"):
         assert two["log"][key] == pytest.approx(one["log"][key], rel=1e-4, abs=1e-6), key
@@ -87,4 +94,4 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
 
 
 if __name__ == "__main__":
-    train_one_step(sys.argv[1])
+    train_one_step(sys.argv[1], int(sys.argv[2]))
