@@ -159,7 +159,7 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
               ("reward_mean", "train reward"), ("response_len", "response length")]
     fig, axes = plt.subplots(3, 3, figsize=(15, 11))
     for ax, (key, title) in zip(axes.flat, panels):
-        for a in runs:
+        for i, a in enumerate(runs):  # one colour per arm in every panel, whichever metrics it logs
             per_seed = [curve(r, key) for r in runs[a].values()]
             steps = sorted(set.intersection(*[set(c) for c in per_seed])) if per_seed else []
             if not steps:
@@ -168,8 +168,9 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
             scale = 100 if key == "eval_accuracy" else 1
             mu = [scale * m for m, _ in stats]
             se = [scale * e for _, e in stats]
-            ax.plot(steps, mu, label=a)
-            ax.fill_between(steps, [m - e for m, e in zip(mu, se)], [m + e for m, e in zip(mu, se)], alpha=0.15)
+            ax.plot(steps, mu, label=a, color=f"C{i}")
+            ax.fill_between(steps, [m - e for m, e in zip(mu, se)], [m + e for m, e in zip(mu, se)], alpha=0.15,
+                            color=f"C{i}")
         ax.set_title(title)
         ax.set_xlabel("RL step")
     axes.flat[0].legend(fontsize=7)
