@@ -48,7 +48,7 @@ import functools
 import torch
 
 from ..api import fused_linear_logprobs
-from ..math import LOG_RATIO_CLAMP, clipped_surrogate, masked_mean, rlsd_credit
+from ..math import LOG_RATIO_CLAMP, RLSDConfig, clipped_surrogate, masked_mean, rlsd_credit
 
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
 
@@ -127,7 +127,8 @@ class RLSDPolicyLoss:
     ``global_batch_info``).
     """
 
-    def __init__(self, lam: float = 1.0, eps_w: float = 0.2, negative_only: bool = False):
+    def __init__(self, lam: float = RLSDConfig.lam, eps_w: float = RLSDConfig.eps_w,
+                 negative_only: bool = RLSDConfig.negative_only):
         self.lam, self.eps_w, self.negative_only = lam, eps_w, negative_only
 
     def __call__(self, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
