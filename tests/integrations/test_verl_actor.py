@@ -23,7 +23,6 @@ platform plugin registry so that device calls go to the CPU).
 import contextlib
 import copy
 import os
-import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +35,7 @@ from torch.distributed.tensor import DTensor
 pytest.importorskip("verl", reason="verl is not installed: run these tests in .venv-verl (make verl-env)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
+from processes import free_port  # noqa: E402
 from trainer_helpers import make_config  # noqa: E402
 from rlsd.demo.task import ALPHABET  # noqa: E402
 from rlsd.demo.tiny import char_tokenizer, tiny_qwen3  # noqa: E402
@@ -131,12 +131,6 @@ def init_cpu_rank(rank, world_size, port):
     platform_manager.set_platform(cpu_platform())
     torch.distributed.init_process_group("gloo")
     return saved
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

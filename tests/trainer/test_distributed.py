@@ -1,12 +1,12 @@
 """Two DDP processes (gloo, CPU) give the same training step as one process on the whole batch."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from processes import free_port
 from trainer_helpers import examples, make_config, tiny_setup
 from rlsd.loop import Trainer
 
@@ -30,12 +30,6 @@ def worker(rank, world_size, port, tmp_path):
         torch.save(one_step(tmp_path / f"rank{rank}"), tmp_path / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):

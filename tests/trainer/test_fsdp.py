@@ -11,7 +11,6 @@ is a frozen copy (the trainer's synced teacher), its log-probs computed before s
 """
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -19,6 +18,7 @@ import torch.multiprocessing as mp
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
+from processes import free_port
 from trainer_helpers import make_config
 from rlsd.batch import pad_values, response_hidden
 from rlsd.demo.task import ALPHABET
@@ -86,12 +86,6 @@ def worker(rank, world_size, port, tmp_path):
         torch.save(one_step(rank, world_size, tmp_path / f"rank{rank}"), tmp_path / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_fsdp2_two_processes_equal_one_process(tmp_path):

@@ -14,21 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from trainer_helpers import needs_bwrap
 
 from rlsd.data import Example
 from rlsd.verifiers import make_verifier, verify
-from rlsd.verifiers.sandbox import SandboxUnavailable, check_bwrap
 
-
-def _bwrap_missing():
-    try:
-        check_bwrap()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    return ""
-
-
-needs_bwrap = pytest.mark.skipif(bool(_bwrap_missing()), reason=f"code verifier sandbox: {_bwrap_missing()}")
 
 PROJECT = Path(__file__).resolve().parents[2]
 TESTS = "assert f(2) == 4\nassert f(5) == 10"

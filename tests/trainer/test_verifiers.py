@@ -1,20 +1,10 @@
 import pytest
+from trainer_helpers import needs_bwrap
 
 from rlsd.data import Example
 from rlsd.verifiers import REGISTRY, make_verifier, verify
 from rlsd.verifiers import code as code_verifier
 from rlsd.verifiers.sandbox import SandboxUnavailable, check_bwrap
-
-
-def _bwrap_missing():
-    try:
-        check_bwrap()
-    except SandboxUnavailable as exc:
-        return str(exc)
-    return ""
-
-
-needs_bwrap = pytest.mark.skipif(bool(_bwrap_missing()), reason=f"code verifier sandbox: {_bwrap_missing()}")
 
 
 def ex(answer, **meta):

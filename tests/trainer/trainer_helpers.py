@@ -1,10 +1,12 @@
 """Small shared builders for the trainer tests: a tiny model on the demo's arithmetic task."""
 
+import pytest
 import torch
 
 from rlsd.config import config_from_dict
 from rlsd.demo.task import ALPHABET, TEMPLATES, make_split
 from rlsd.demo.tiny import char_tokenizer, tiny_qwen3
+from rlsd.verifiers.sandbox import SandboxUnavailable, check_bwrap
 
 # Random-model outputs are arbitrary characters: reward "the last digit is 7" gives mixed groups.
 LAST_DIGIT = {"name": "exact", "options": {"pattern": r"(\d)\D*$"}}
@@ -52,3 +54,14 @@ def grads(model):
 
 
 torch.set_num_threads(1)
+
+
+def _bwrap_missing():
+    try:
+        check_bwrap()
+    except SandboxUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+needs_bwrap = pytest.mark.skipif(bool(_bwrap_missing()), reason=f"code verifier sandbox: {_bwrap_missing()}")
