@@ -40,6 +40,10 @@ verl-env: .venv-verl/.installed
 demo: venv
 	.venv/bin/rlsd demo
 
+.PHONY: study
+study: venv
+	.venv/bin/rlsd study
+
 kernels-demo: venv
 	$(PY) -m benchmarks.fused_vs_eager
 

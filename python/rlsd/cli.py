@@ -33,6 +33,8 @@ def cmd_eval(args) -> int:
     from .loop import Trainer
     overrides = list(args.set or [])
     if args.checkpoint:
+        from .checkpoint import verify_checkpoint
+        verify_checkpoint(args.checkpoint)  # never evaluate a partial or damaged checkpoint
         overrides.append(f"model.path={os.path.join(args.checkpoint, 'model')}")
     cfg = load_config(args.config, overrides + ["model.lora=null"])
     cfg.rollout.engine = args.engine or cfg.rollout.engine
@@ -135,8 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Runs a command; a bad config, data file or checkpoint is one line on stderr and exit code 2."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"rlsd: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,6 @@ def evaluate(engine, tokenizer, examples: list, prompt_template: str, verifier, 
         chunk = examples[start:start + batch_size]
         prompts = [tokenizer(prompt_template.format(prompt=e.prompt))["input_ids"] for e in chunk]
         groups = engine.generate(prompts, 1, max_new_tokens, temperature, seed=seed + start)
-        rewards += [verifier(g[0].text, e).reward for g, e in zip(groups, chunk)]
+        rewards += [v.reward for v in verifier.batch([(g[0].text, e) for g, e in zip(groups, chunk)])]
     n = max(len(rewards), 1)
     return {"eval_accuracy": sum(r >= 1.0 for r in rewards) / n, "eval_reward": sum(rewards) / n}

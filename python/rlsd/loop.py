@@ -99,6 +99,11 @@ class Trainer:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
         self.rank, self.world_size, self.device = init_distributed(pick_device(t.device))
+        # data first: a bad row is reported before any model is built
+        self.train_examples = train_examples if train_examples is not None else load_examples(cfg.data.train)
+        if eval_examples is None:
+            eval_examples = load_examples(cfg.data.eval) if cfg.data.eval else []
+        self.eval_examples = eval_examples[:t.eval_size] if t.eval_size else eval_examples
         if model is None:
             model, tokenizer = load_model(cfg.model, self.device)
         else:
@@ -106,13 +111,9 @@ class Trainer:
         self.model, self.tokenizer = model, tokenizer
         self.ddp = wrap_student(model, self.device) if self.world_size > 1 else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.train_examples = train_examples if train_examples is not None else load_examples(cfg.data.train)
-        if eval_examples is None:
-            eval_examples = load_examples(cfg.data.eval) if cfg.data.eval else []
-        self.eval_examples = eval_examples[:t.eval_size] if t.eval_size else eval_examples
         self.sampler = CurriculumSampler(self.train_examples, t.seed, cfg.data.curriculum,
                                          cfg.data.curriculum_threshold, cfg.data.curriculum_window)
-        self.verifier = make_verifier(cfg.verifier.name, **cfg.verifier.options)
+        self.verifier = make_verifier(cfg.verifier.name, workers=cfg.verifier.workers or None, **cfg.verifier.options)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.teacher = Teacher(model, cfg.teacher) if needs_teacher(cfg.algo) else None
@@ -158,7 +159,8 @@ class Trainer:
         prompts = [self.encode(cfg.data.prompt_template.format(prompt=e.prompt)) for e in examples]
         groups = self.engine.generate(prompts, r.n, r.max_new_tokens, r.temperature,
                                       seed=cfg.train.seed * 1_000_003 + self.step)
-        verdicts = [[self.verifier(x.text, e) for x in g] for g, e in zip(groups, examples)]
+        flat = self.verifier.batch([(x.text, e) for g, e in zip(groups, examples) for x in g])
+        verdicts = [flat[i * r.n:(i + 1) * r.n] for i in range(len(groups))]
         rewards = torch.tensor([[v.reward for v in vs] for vs in verdicts], dtype=torch.float32)
         adv = group_advantages(rewards, cfg.algo.advantage)
         level = self.sampler.level

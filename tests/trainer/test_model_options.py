@@ -32,7 +32,7 @@ def test_warm_start_is_cached(tmp_path):
     from rlsd.demo.task import make_split
     from rlsd.demo.warmup import WarmupConfig, warm_start
     heldout = make_split(8, seed=1)
-    cfg = WarmupConfig(batch_size=8, max_steps=2, eval_every=2, max_new_tokens=8)
+    cfg = WarmupConfig(batch_size=8, steps=2, eval_every=2, max_new_tokens=8)
     path, info = warm_start(str(tmp_path), heldout, cfg, log=lambda *_: None)
     assert info["step"] == 2 and "plain" in info["accuracy"]
     again, info2 = warm_start(str(tmp_path), heldout, cfg, log=lambda *_: None)

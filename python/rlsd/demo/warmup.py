@@ -135,6 +135,7 @@ def train_warm_start(heldout: list, cfg: WarmupConfig, log=print) -> tuple:
     acc = {source: accuracy(engine, tok, heldout if source == "plain" else [with_prefix(e, source) for e in heldout],
                             cfg.max_new_tokens) for source in ("plain", "answer", "solution")}
     curve[cfg.steps] = acc["plain"]
-    info = {"step": cfg.steps, "seconds": time.perf_counter() - t0, "accuracy": acc, "curve": curve,
+    info = {"step": cfg.steps, "seconds": time.perf_counter() - t0, "accuracy": acc,
+            "curve": {str(step): a for step, a in curve.items()},  # as the cached JSON reads back
             "fingerprint": fingerprint(model), "config": asdict(cfg)}
     return model, tok, info
