@@ -119,17 +119,21 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
 
 
 def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_logprobs=None, form="sampled",
-              beta=0.5, bias=None, temperature=1.0, token_weights=None, loss_agg="token-mean",
-              normalizer=None, impl="auto", memory_budget=None):
+              beta=0.5, bias=None, temperature=1.0, token_weights=None, compute_entropy=False,
+              loss_agg="token-mean", normalizer=None, impl="auto", memory_budget=None):
     """On-policy self-distillation baselines (no reward in the signal).
 
     ``form="sampled"``: l_t = -stopgrad(lp_T - lp_S) lp_S (teacher_hidden or teacher_logprobs).
     ``form="jsd"``:     l_t = JSD_beta(p_T || p_S) over the whole vocabulary (teacher_hidden), with
                         beta = 0 the forward KL, 1 the reverse KL; gradient through p_S only.
-    Aggregated like :func:`rlsd_loss`. Returns ``(loss, metrics)``.
+    Aggregated like :func:`rlsd_loss`. Returns ``(loss, metrics)``; ``compute_entropy`` (sampled
+    form) adds the student's full-vocabulary ``entropy_mean`` from the same sweep.
     """
     if form not in ("sampled", "jsd"):
         raise ValueError(f"form must be 'sampled' or 'jsd', got {form!r}")
+    compute_entropy = checks.flag(compute_entropy, "compute_entropy")
+    if compute_entropy and form == "jsd":
+        raise ValueError("compute_entropy is available with form='sampled' only")
     beta = checks.number(beta, "beta", low=0.0, high=1.0)
     backend = _select(impl, hidden, weight, memory_budget)
     checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
@@ -151,9 +155,13 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
                                 token_weights=token_weights)
     loss, stats = autograd.sampled_token_loss(backend, hidden, weight, bias, targets, 1.0 / temperature,
                                               teacher_hidden, rows, tok,
-                                              lambda lp_, ent_, t: opsd_sampled_token_loss(lp_, t), False, False)
+                                              lambda lp_, ent_, t: opsd_sampled_token_loss(lp_, t),
+                                              compute_entropy, False)
     lp_teacher = tok["lp_teacher"] if stats.lp_teacher is None else stats.lp_teacher
-    return loss, {"delta_mean": masked_mean(lp_teacher - stats.lp, valid)}
+    metrics = {"delta_mean": masked_mean(lp_teacher - stats.lp, valid)}
+    if compute_entropy:
+        metrics["entropy_mean"] = masked_mean(stats.ent, valid)
+    return loss, metrics
 
 
 class FusedLinearRLSDLoss(torch.nn.Module):

@@ -62,7 +62,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
 
 def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_logprobs=None,
               form="sampled", beta=0.5, bias=None, temperature=1.0, token_weights=None,
-              loss_agg="token-mean", normalizer=None):
+              compute_entropy=False, loss_agg="token-mean", normalizer=None):
     """OPSD baselines: sampled-token form, or the full-vocabulary generalised JSD."""
     targets = targets.long()
     agg = aggregation_weights(mask, loss_agg, normalizer, _compute_dtype(hidden))
@@ -73,11 +73,14 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
         per_token = generalized_jsd(z_s, z_t, beta)
         w = agg.to(per_token.dtype) * (1.0 if token_weights is None else token_weights.to(per_token.dtype))
         return (w * per_token).sum(), {"jsd_mean": masked_mean(per_token.detach(), mask != 0)}
-    lp, _ = linear_logprobs(hidden, weight, targets, bias, temperature)
+    lp, ent = linear_logprobs(hidden, weight, targets, bias, temperature, compute_entropy)
     if teacher_logprobs is None:
         with torch.no_grad():
             teacher_logprobs, _ = linear_logprobs(teacher_hidden, weight, targets, bias, temperature)
     tok = _token_inputs(hidden, torch.zeros_like(agg), mask, agg.to(lp.dtype),
                         lp_teacher=teacher_logprobs, token_weights=token_weights)
     loss = opsd_sampled_token_loss(lp, tok).sum()
-    return loss, {"delta_mean": masked_mean(tok["lp_teacher"] - lp.detach(), tok["valid"])}
+    metrics = {"delta_mean": masked_mean(tok["lp_teacher"] - lp.detach(), tok["valid"])}
+    if compute_entropy:
+        metrics["entropy_mean"] = masked_mean(ent.detach(), tok["valid"])
+    return loss, metrics

@@ -19,12 +19,14 @@ def run_opsd(case, fn=opsd_loss, **kwargs):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_reference(impl, form, beta, dtype):
     case = make_case(old=False)
-    kwargs = dict(form=form, beta=beta, temperature=0.7, loss_agg="seq-mean-token-mean")
+    kwargs = dict(form=form, beta=beta, temperature=0.7, loss_agg="seq-mean-token-mean",
+                  compute_entropy=form == "sampled")
     truth, truth_metrics = run_opsd(case.cast(torch.float64), fn=reference.opsd_loss, **kwargs)
     got, metrics = run_opsd(case.cast(dtype), impl=impl, **kwargs)
     tol = 1e-9 if dtype == torch.float64 else 2e-5
     for g, t in zip(got, truth):
         assert max_rel_err(g, t) < tol
+    assert set(metrics) == set(truth_metrics) == ({"delta_mean", "entropy_mean"} if form == "sampled" else {"jsd_mean"})
     for key, value in truth_metrics.items():
         assert abs(metrics[key].item() - value.item()) < 1e-5 * (1 + abs(value.item()))
 
