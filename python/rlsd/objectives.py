@@ -5,10 +5,9 @@
     opsd       opsd_loss                              (teacher signal only, no reward)
     grpo+opsd  rlsd_loss(lam = 0) + alpha opsd_loss
 
-All take the student's last hidden states and the LM head, never the logits. The RL losses also
-return the student's mean full-vocabulary entropy (``entropy_mean``) from the same sweep. OPSD alone
-logs none: ``opsd_loss(compute_entropy=True)`` would give it, but it changes the order of the
-sweep's floating-point sums and so the demo's recorded OPSD runs.
+All take the student's last hidden states and the LM head, never the logits. The losses also
+return the student's mean full-vocabulary entropy (``entropy_mean``) from the same sweep (OPSD's
+full-vocabulary JSD form excepted).
 """
 
 from __future__ import annotations
@@ -39,8 +38,11 @@ def algorithm_loss(algo: AlgoConfig, lam: float, hidden, weight, targets, mask, 
         metrics = dict(metrics)
     if algo.name in ("opsd", "grpo+opsd"):
         coef = algo.opsd_coef if algo.name == "grpo+opsd" else 1.0
+        alone_sampled = algo.name == "opsd" and algo.opsd_form == "sampled"
         o_loss, o_metrics = opsd_loss(hidden, weight, targets, mask, **teacher, form=algo.opsd_form,
-                                      beta=algo.opsd_beta, **common)
+                                      beta=algo.opsd_beta, compute_entropy=alone_sampled, **common)
         loss = loss + coef * o_loss
+        if "entropy_mean" in o_metrics:
+            metrics["entropy_mean"] = o_metrics.pop("entropy_mean")
         metrics.update({f"opsd_{k}": v for k, v in o_metrics.items()})
     return loss, metrics
