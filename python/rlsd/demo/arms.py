@@ -12,7 +12,9 @@ rollout batch, PPO mini-batches of 4 prompts, one thread) and the arms compared,
 
 from __future__ import annotations
 
-from .task import TEMPLATES
+import os
+
+from .task import ANSWER_PATTERN, TEMPLATES
 
 RL = {"rollout": {"n": 8, "max_new_tokens": 32, "temperature": 1.0},
       "train": {"prompts_per_step": 16, "micro_batch_size": 128, "ppo_mini_batch_size": 4, "lr": 5e-5,
@@ -43,3 +45,17 @@ ARMS = {
 STUDY_ARMS = tuple(ARMS)
 ARMS.update({f"rlsd-live-trace-eps{eps}": {"algo": {"name": "rlsd", "lam": 1.0, "eps_w": eps},
                                            "teacher": _teacher("solution")} for eps in (0.5, 0.9)})
+
+
+def arm_config(arm: str, seed: int, model_dir: str, data_dir: str, run_dir: str, steps: int, eval_every: int,
+               engine: str, extra: dict = None) -> dict:
+    """The ``rlsd train`` config of one run of ``arm`` (the demo and the study both build theirs here)."""
+    base = merge(RL, {
+        "model": {"path": model_dir},
+        "data": {"train": os.path.join(data_dir, "train.jsonl"), "eval": os.path.join(data_dir, "eval.jsonl")},
+        "verifier": {"name": "exact", "options": {"pattern": ANSWER_PATTERN}},
+        "rollout": {"engine": engine},
+        "train": {"steps": steps, "seed": seed, "eval_every": eval_every, "output_dir": run_dir,
+                  "checkpoint_every": 0},
+    })
+    return merge(merge(base, ARMS[arm]), extra or {})

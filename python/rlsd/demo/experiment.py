@@ -24,25 +24,12 @@ import yaml
 
 from ..data import write_jsonl
 from ..metrics import read_jsonl
-from .arms import ARMS, RL, merge
-from .task import ANSWER_PATTERN, make_split
+from .arms import arm_config
+from .task import make_split
 from .warmup import WarmupConfig, warm_start
 
 HELDOUT_SEED, TRAIN_SEED = 12345, 777
 METHODS = ("grpo", "opsd", "rlsd-paper-answer", "rlsd-paper-trace")
-
-
-def run_config(method: str, seed: int, model_dir: str, data_dir: str, run_dir: str, steps: int,
-               eval_every: int, engine: str) -> dict:
-    base = merge(RL, {
-        "model": {"path": model_dir},
-        "data": {"train": os.path.join(data_dir, "train.jsonl"), "eval": os.path.join(data_dir, "eval.jsonl")},
-        "verifier": {"name": "exact", "options": {"pattern": ANSWER_PATTERN}},
-        "rollout": {"engine": engine},
-        "train": {"steps": steps, "seed": seed, "eval_every": eval_every, "output_dir": run_dir,
-                  "checkpoint_every": 0},
-    })
-    return merge(base, ARMS[method])
 
 
 def _run(job, cores: queue.Queue) -> tuple:
@@ -165,7 +152,7 @@ def run_demo(out_dir: str = "rlsd-demo", cache_dir: str = "~/.cache/rlsd", quick
                 os.remove(os.path.join(run_dir, "metrics.jsonl"))
             cfg_path = os.path.join(run_dir, "config.yaml")
             with open(cfg_path, "w") as f:
-                yaml.safe_dump(run_config(method, seed, model_dir, data_dir, run_dir, steps, eval_every, engine), f)
+                yaml.safe_dump(arm_config(method, seed, model_dir, data_dir, run_dir, steps, eval_every, engine), f)
             jobs.append((cfg_path, os.path.join(run_dir, "train.log")))
     log(f"{len(jobs)} runs ({len(methods)} methods x {seeds} seeds x {steps} steps), {workers} at a time, "
         f"rollouts with {engine}")

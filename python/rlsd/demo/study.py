@@ -19,26 +19,13 @@ import yaml
 from ..data import write_jsonl
 from ..metrics import read_jsonl
 from .anatomy import anatomy_report
-from .arms import ARMS, RL, STUDY_ARMS, merge
+from .arms import ARMS, RL, STUDY_ARMS, arm_config
 from .experiment import HELDOUT_SEED, TRAIN_SEED, _run, default_engine
-from .task import ANSWER_PATTERN, make_split
+from .task import make_split
 from .warmup import WarmupConfig, deterministic, warm_start
 
 DIAGNOSTICS = ("reward_mean", "accuracy", "credit_clip_low_frac", "credit_clip_high_frac", "credit_clip_frac",
                "delta_mean", "delta_std", "entropy_mean", "ppo_clip_frac", "approx_kl", "response_len", "lam")
-
-
-def arm_config(arm: str, seed: int, model_dir: str, data_dir: str, run_dir: str, steps: int, eval_every: int,
-               engine: str, extra: dict = None) -> dict:
-    base = merge(RL, {
-        "model": {"path": model_dir},
-        "data": {"train": os.path.join(data_dir, "train.jsonl"), "eval": os.path.join(data_dir, "eval.jsonl")},
-        "verifier": {"name": "exact", "options": {"pattern": ANSWER_PATTERN}},
-        "rollout": {"engine": engine},
-        "train": {"steps": steps, "seed": seed, "eval_every": eval_every, "output_dir": run_dir,
-                  "checkpoint_every": 0},
-    })
-    return merge(merge(base, ARMS[arm]), extra or {})
 
 
 # ------------------------------------------------------------------------------------ analysis
