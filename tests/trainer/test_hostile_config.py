@@ -207,7 +207,7 @@ def test_set_overrides(tmp_path):
         load_config(path, ["train.lr=fast"])
 
 
-def test_validation_runs_before_any_model_is_built(tmp_path, monkeypatch):
+def test_validation_runs_before_any_model_is_built(tmp_path, monkeypatch, capsys):
     import rlsd.loop
     from rlsd.cli import main
 
@@ -216,8 +216,9 @@ def test_validation_runs_before_any_model_is_built(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rlsd.loop, "load_model", build)
     monkeypatch.setattr(rlsd.loop, "prepare_model", build)
-    with pytest.raises(ConfigError, match="train.lr"):
-        main(["train", write(tmp_path, "train: {lr: 0}\n")])
+    assert main(["train", write(tmp_path, "train: {lr: 0}\n")]) == 2  # one line on stderr, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("rlsd: error: ") and "train.lr" in err and "Traceback" not in err
     cfg = config_from_dict({})
     cfg.train.micro_batch_size = 0  # a Config changed after loading is checked again by the Trainer
     with pytest.raises(ConfigError, match="train.micro_batch_size"):
