@@ -64,6 +64,9 @@ def train_one_step(out_dir, per_device_batch):
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         torch.save({"change": change, "log": logged, "processes": trainer.accelerator.num_processes,
                     "backend": backend}, Path(out_dir) / "step.pt")
+    if torch.distributed.is_initialized():  # an orderly shutdown: gloo's threads outliving exit abort it
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 def run(out_dir, processes):
