@@ -39,12 +39,16 @@ def floating(t, name: str, ndim=None):
 
 
 def finite(t, name: str):
-    """A sum is finite only if every element is (one streaming pass, no [numel] bool tensor);
-    a non-finite sum may still be an overflow of finite values, so that case is looked at exactly."""
+    """One streaming pass, no [numel] temporaries. CPU: a sum is finite only if every element is
+    (a non-finite sum may be an overflow of finite values, so that case is looked at exactly).
+    Accelerators: max |t| (one reduction that propagates NaN), checked without a host sync."""
     if t.numel() == 0:
         return
+    if t.device.type != "cpu":
+        _value_check(torch.isfinite(torch.linalg.vector_norm(t, float("inf"))), f"{name} contains NaN or inf")
+        return
     total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-    if t.device.type == "cpu" and torch.isfinite(total):
+    if torch.isfinite(total):
         return
     _value_check(torch.isfinite(t).all(), f"{name} contains NaN or inf")
 

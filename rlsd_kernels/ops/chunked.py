@@ -35,6 +35,7 @@ from . import gemm
 from .base import Grads, HeadBackend, JSDAndGrad, LossAndGrad, Stats, compute_dtype
 
 CPU_CHUNK_BYTES = 64 << 20    # one float32 buffer of logits: fits the CPU's caches well enough
+ALIGN = 128                   # chunk rows / vocabulary blocks come in multiples of this
 CUDA_CHUNK_BYTES = 512 << 20  # >= ~880 rows (or vocabulary rows at N = 32k: ~2700) of float32 logits at V = 152k
 
 
@@ -63,6 +64,13 @@ def torch_dlogits_(z, y, lse, g_lp, g_ent, ent, inv_tau: float, out=None):
                    torch.where(inside, inv_tau * g_lp, 0.0).unsqueeze(1).to(z.dtype))
     if out is not None:
         out.copy_(z)
+
+
+def aligned(n: int) -> int:
+    """A chunk extent: >= 1, and a multiple of ALIGN when larger. The [N, w] blocks' row strides
+    then stay 16-byte aligned, which cuBLAS's Hopper kernels need (misaligned, it falls back to
+    SM75/SM80 kernels ~3x slower: benchmarks/NOTES.md, section 6)."""
+    return max(1, n - n % ALIGN if n > ALIGN else n)
 
 
 class Epilogues(NamedTuple):
@@ -114,7 +122,7 @@ class ChunkedHead(HeadBackend):
         low = self.low_precision_gemms and gemm.low_precision(h)
         V = W.shape[0] if vocab_size is None else vocab_size
         budget = self.chunk_bytes or (CUDA_CHUNK_BYTES if h.is_cuda else CPU_CHUNK_BYTES)
-        rows = max(1, min(h.shape[0], budget // (V * torch.finfo(cd).bits // 8)))
+        rows = max(1, min(h.shape[0], aligned(budget // (V * torch.finfo(cd).bits // 8))))
         W_ = W if low else W.to(cd)
         b_ = None if b is None else b.to(cd)
         z = torch.empty(rows, W.shape[0], dtype=cd, device=h.device) if buffer else None
@@ -167,7 +175,7 @@ class ChunkedHead(HeadBackend):
         """The gradient sweep of the low-precision plan over blocks of ``w`` vocabulary rows; dW
         comes back in W's dtype (each block written once), dh and db in float32."""
         N, V = h.shape[0], W.shape[0]
-        w = max(1, min(V, plan.budget // max(1, N * (4 + W.element_size()))))
+        w = min(V, aligned(plan.budget // max(1, N * (4 + W.element_size()))))
         z_buf = torch.empty(N * w, dtype=torch.float32, device=h.device)
         dz_buf = torch.empty(N * w, dtype=W.dtype, device=h.device)
         dh = torch.zeros(N, W.shape[1], dtype=torch.float32, device=h.device)
