@@ -19,8 +19,6 @@
 #include <cstring>
 #include <limits>
 #include <optional>
-#include <sstream>
-#include <string>
 #include <tuple>
 
 namespace {
@@ -130,60 +128,53 @@ static inline void dlogits_one(float* row, int64_t V, int64_t y, float lse, floa
   row[y] -= a;
 }
 
-// Argument checks return a message ("" when the arguments are fine) instead of throwing: no C++
-// exception ever crosses into Python, whatever compiler and C++ runtime built this module.
-template <typename... Parts>
-std::string message(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
+// Argument guards return a status code (kOk when the arguments are fine): no C++ exception and no
+// string ever crosses into Python, whatever compiler and C++ runtime built this module. The Python
+// wrapper (rlsd_kernels/ops/cpp.py) checks every argument first and words the errors; these guards
+// only keep a direct call with bad arguments from touching memory out of bounds. Codes are listed
+// in the same order in cpp.py's STATUS.
+enum Status : int {
+  kOk = 0, kBadZ, kBadTargets, kTargetOutOfRange, kBadInvTau, kBadLp, kBadLse, kBadEnt, kBadGLp, kBadGEnt,
+  kEntRequired,
+};
+
+bool float_row_vector(const at::Tensor& x, int64_t n) {
+  return x.dim() == 1 && x.size(0) == n && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
+         x.is_contiguous();
 }
 
-std::string check_chunk(const at::Tensor& z, const at::Tensor& targets) {
-  if (z.dim() != 2) return message("z must be 2-D [n, V], got ", z.dim(), " dims");
-  if (z.scalar_type() != at::kFloat) return message("z must be float32, got ", z.scalar_type());
-  if (!z.device().is_cpu()) return "z must be a CPU tensor";
-  if (!z.is_contiguous()) return "z must be contiguous";
-  if (z.size(1) <= 0) return "z must have V > 0 columns";
-  if (targets.dim() != 1 || targets.size(0) != z.size(0))
-    return message("targets must have shape [", z.size(0), "], got ", targets.sizes());
-  if (targets.scalar_type() != at::kLong) return message("targets must be int64, got ", targets.scalar_type());
-  if (!targets.device().is_cpu() || !targets.is_contiguous()) return "targets must be a contiguous CPU tensor";
+int check_chunk(const at::Tensor& z, const at::Tensor& targets) {
+  if (z.dim() != 2 || z.scalar_type() != at::kFloat || !z.device().is_cpu() || !z.is_contiguous() ||
+      z.size(1) <= 0)
+    return kBadZ;
+  if (targets.dim() != 1 || targets.size(0) != z.size(0) || targets.scalar_type() != at::kLong ||
+      !targets.device().is_cpu() || !targets.is_contiguous())
+    return kBadTargets;
   const int64_t n = z.size(0), V = z.size(1);
   const int64_t* y = targets.data_ptr<int64_t>();
   for (int64_t t = 0; t < n; ++t) {
-    if (y[t] < 0 || y[t] >= V) return message("targets[", t, "] = ", y[t], " is out of range [0, ", V, ")");
+    if (y[t] < 0 || y[t] >= V) return kTargetOutOfRange;
   }
-  return "";
+  return kOk;
 }
 
-std::string check_row_vector(const at::Tensor& x, const char* name, int64_t n) {
-  if (x.dim() != 1 || x.size(0) != n) return message(name, " must have shape [", n, "], got ", x.sizes());
-  if (x.scalar_type() != at::kFloat) return message(name, " must be float32, got ", x.scalar_type());
-  if (!x.device().is_cpu() || !x.is_contiguous()) return message(name, " must be a contiguous CPU tensor");
-  return "";
-}
-
-std::string check_inv_tau(double inv_tau) {
-  if (inv_tau > 0.0 && std::isfinite(inv_tau)) return "";
-  return message("inv_tau must be finite and > 0, got ", inv_tau);
-}
+int check_inv_tau(double inv_tau) { return inv_tau > 0.0 && std::isfinite(inv_tau) ? kOk : kBadInvTau; }
 
 bool present(const std::optional<at::Tensor>& x) { return x.has_value() && x->defined() && x->numel() > 0; }
 
 }  // namespace
 
 // Writes lp [n], lse [n] and, if want_entropy, ent [n] (float32, allocated by the caller).
-// Returns "" or what is wrong with the arguments (nothing is written then).
-std::string row_stats(const at::Tensor& z, const at::Tensor& targets, double inv_tau, bool want_entropy,
-                      at::Tensor& lp, at::Tensor& lse, at::Tensor& ent) {
-  std::string err = check_chunk(z, targets);
-  if (err.empty()) err = check_inv_tau(inv_tau);
-  const int64_t n = err.empty() ? z.size(0) : 0, V = err.empty() ? z.size(1) : 0;
-  if (err.empty()) err = check_row_vector(lp, "lp", n);
-  if (err.empty()) err = check_row_vector(lse, "lse", n);
-  if (err.empty() && want_entropy) err = check_row_vector(ent, "ent", n);
-  if (!err.empty()) return err;
+// Returns kOk, or the status of the first bad argument (nothing is written then).
+int row_stats(const at::Tensor& z, const at::Tensor& targets, double inv_tau, bool want_entropy, at::Tensor& lp,
+              at::Tensor& lse, at::Tensor& ent) {
+  int err = check_chunk(z, targets);
+  if (err == kOk) err = check_inv_tau(inv_tau);
+  if (err != kOk) return err;
+  const int64_t n = z.size(0), V = z.size(1);
+  if (!float_row_vector(lp, n)) return kBadLp;
+  if (!float_row_vector(lse, n)) return kBadLse;
+  if (want_entropy && !float_row_vector(ent, n)) return kBadEnt;
 
   const float* zp = z.data_ptr<float>();
   const int64_t* y = targets.data_ptr<int64_t>();
@@ -201,24 +192,23 @@ std::string row_stats(const at::Tensor& z, const at::Tensor& targets, double inv
       if (want_entropy) entp[t] = st.ent;
     }
   });
-  return "";
+  return kOk;
 }
 
 // Overwrites z with dz. g_ent / ent: None or empty tensors skip the entropy term.
-// Returns "" or what is wrong with the arguments (z is untouched then).
-std::string dlogits_(at::Tensor& z, const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& g_lp,
-                     const std::optional<at::Tensor>& g_ent, const std::optional<at::Tensor>& ent, double inv_tau) {
-  std::string err = check_chunk(z, targets);
-  if (err.empty()) err = check_inv_tau(inv_tau);
-  const int64_t n = err.empty() ? z.size(0) : 0, V = err.empty() ? z.size(1) : 0;
-  if (err.empty()) err = check_row_vector(lse, "lse", n);
-  if (err.empty()) err = check_row_vector(g_lp, "g_lp", n);
+// Returns kOk, or the status of the first bad argument (z is untouched then).
+int dlogits_(at::Tensor& z, const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& g_lp,
+             const std::optional<at::Tensor>& g_ent, const std::optional<at::Tensor>& ent, double inv_tau) {
+  int err = check_chunk(z, targets);
+  if (err == kOk) err = check_inv_tau(inv_tau);
+  if (err != kOk) return err;
+  const int64_t n = z.size(0), V = z.size(1);
+  if (!float_row_vector(lse, n)) return kBadLse;
+  if (!float_row_vector(g_lp, n)) return kBadGLp;
   const bool with_ent = n > 0 && present(g_ent);
-  if (err.empty() && with_ent) {
-    err = check_row_vector(*g_ent, "g_ent", n);
-    if (err.empty()) err = present(ent) ? check_row_vector(*ent, "ent", n) : "ent is required when g_ent is given";
-  }
-  if (!err.empty()) return err;
+  if (with_ent && !float_row_vector(*g_ent, n)) return kBadGEnt;
+  if (with_ent && !present(ent)) return kEntRequired;
+  if (with_ent && !float_row_vector(*ent, n)) return kBadEnt;
 
   float* zp = z.data_ptr<float>();
   const int64_t* y = targets.data_ptr<int64_t>();
@@ -234,16 +224,16 @@ std::string dlogits_(at::Tensor& z, const at::Tensor& targets, const at::Tensor&
                   with_ent ? entp[t] : 0.0f, it, with_ent);
     }
   });
-  return "";
+  return kOk;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rlsd_kernels CPU epilogues: row statistics and dlogits of log-softmax (CONTRACT.md)";
   m.def("row_stats", &row_stats, py::arg("z"), py::arg("targets"), py::arg("inv_tau"), py::arg("want_entropy"),
         py::arg("lp"), py::arg("lse"), py::arg("ent"),
-        "Writes (lp, lse, ent) per row of s = z * inv_tau; returns '' or the argument error.");
+        "Writes (lp, lse, ent) per row of s = z * inv_tau; returns 0 or a status code (cpp.py STATUS).");
   m.def("dlogits_", &dlogits_, py::arg("z"), py::arg("targets"), py::arg("lse"), py::arg("g_lp"),
         py::arg("g_ent"), py::arg("ent"), py::arg("inv_tau"),
-        "Overwrites z with dz = inv_tau * (g_lp (1[v=y] - p) - g_ent p (s - lse + ent)); returns '' or the "
-        "argument error.");
+        "Overwrites z with dz = inv_tau * (g_lp (1[v=y] - p) - g_ent p (s - lse + ent)); returns 0 or a "
+        "status code (cpp.py STATUS).");
 }

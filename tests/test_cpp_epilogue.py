@@ -153,3 +153,22 @@ def test_bad_layout_and_shapes():
         cpp.dlogits_(z, y, torch.zeros(3), torch.zeros(3), torch.zeros(3), None, 1.0)
     with pytest.raises(ValueError, match="inv_tau"):
         cpp.row_stats(z, y, 0.0, False)
+
+
+def test_cpp_guards_return_status_codes():
+    """The extension itself, called without the Python checks: bad arguments give a status code
+    (no exception, no string crosses the boundary) and nothing is written."""
+    ext = cpp._ext()
+    z, y = _inputs(3, 123, seed=0)
+    lp, lse, ent = torch.full((3,), 7.0), torch.full((3,), 7.0), torch.empty(0)
+    y[1] = 123
+    assert cpp.STATUS[ext.row_stats(z, y, 1.0, False, lp, lse, ent)] == "target out of range"
+    assert cpp.STATUS[ext.row_stats(z[:, ::2], y, 1.0, False, lp, lse, ent)] == "bad z"
+    y[1] = 0
+    assert cpp.STATUS[ext.row_stats(z, y, float("nan"), False, lp, lse, ent)] == "bad inv_tau"
+    assert cpp.STATUS[ext.row_stats(z, y, 1.0, True, lp, lse, ent)] == "bad ent"
+    assert cpp.STATUS[ext.dlogits_(z, y, lse, torch.zeros(3), torch.zeros(3), None, 1.0)] == "ent required"
+    assert (lp == 7.0).all() and (lse == 7.0).all()
+    assert ext.row_stats(z, y, 1.0, False, lp, lse, ent) == 0 and torch.isfinite(lse).all()
+    with pytest.raises(ValueError, match="rejected its arguments: bad z"):
+        cpp._raise(1)

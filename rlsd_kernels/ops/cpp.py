@@ -19,6 +19,7 @@ a build or its lock. Loading happens on first use; nothing here raises at import
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import threading
@@ -101,17 +102,60 @@ def _ext() -> ModuleType:
     return module
 
 
-def _raise(error: str):
-    """The extension reports bad arguments as a message (no C++ exception crosses into Python)."""
-    if error:
-        raise ValueError(error)
+# The C++ guards' status codes, in csrc/epilogue.cpp's order (0 = fine).
+STATUS = ("ok", "bad z", "bad targets", "target out of range", "bad inv_tau", "bad lp", "bad lse", "bad ent",
+          "bad g_lp", "bad g_ent", "ent required")
+
+
+def _raise(status: int):
+    """A non-zero status from the C++ guards (unreachable through the checks below)."""
+    if status:
+        raise ValueError(f"C++ epilogue rejected its arguments: {STATUS[status] if status < len(STATUS) else status}")
+
+
+def _check_row_vector(x, name: str, n: int):
+    if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}], got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"{name} must be float32, got {x.dtype}")
+    if x.device.type != "cpu" or not x.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous CPU tensor")
+
+
+def _check(z, targets, inv_tau: float):
+    """Every argument is checked here, in Python, before the extension runs: its errors are
+    Python exceptions on any toolchain (the C++ side only guards, with status codes)."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 2:
+        raise ValueError(f"z must be 2-D [n, V], got {getattr(z, 'shape', type(z).__name__)}")
+    if z.dtype != torch.float32:
+        raise ValueError(f"z must be float32, got {z.dtype}")
+    if z.device.type != "cpu":
+        raise ValueError("z must be a CPU tensor")
+    if not z.is_contiguous():
+        raise ValueError("z must be contiguous")
+    n, V = z.shape
+    if V <= 0:
+        raise ValueError("z must have V > 0 columns")
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.shape[0] != n:
+        raise ValueError(f"targets must have shape [{n}], got {getattr(targets, 'shape', type(targets).__name__)}")
+    if targets.dtype != torch.int64:
+        raise ValueError(f"targets must be int64, got {targets.dtype}")
+    if targets.device.type != "cpu" or not targets.is_contiguous():
+        raise ValueError("targets must be a contiguous CPU tensor")
+    bad = ((targets < 0) | (targets >= V)).nonzero()
+    if bad.numel():
+        t = int(bad[0, 0])
+        raise ValueError(f"targets[{t}] = {int(targets[t])} is out of range [0, {V})")
+    if not (inv_tau > 0 and math.isfinite(inv_tau)):
+        raise ValueError(f"inv_tau must be finite and > 0, got {inv_tau}")
 
 
 def row_stats(
     z: torch.Tensor, targets: torch.Tensor, inv_tau: float, want_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(lp [n], lse [n], ent [n] or None) for z [n, V] float32 contiguous, targets [n] int64."""
-    n = z.shape[0] if z.dim() else 0
+    _check(z, targets, inv_tau)
+    n = z.shape[0]
     lp = torch.empty(n, dtype=torch.float32)
     lse = torch.empty(n, dtype=torch.float32)
     ent = torch.empty(n if want_entropy else 0, dtype=torch.float32)
@@ -132,4 +176,13 @@ def dlogits_(
 
     g_ent None (or empty) skips the entropy term; otherwise ent is required.
     """
+    _check(z, targets, inv_tau)
+    n = z.shape[0]
+    _check_row_vector(lse, "lse", n)
+    _check_row_vector(g_lp, "g_lp", n)
+    if n and g_ent is not None and g_ent.numel():
+        _check_row_vector(g_ent, "g_ent", n)
+        if ent is None or not ent.numel():
+            raise ValueError("ent is required when g_ent is given")
+        _check_row_vector(ent, "ent", n)
     _raise(_ext().dlogits_(z, targets, lse, g_lp, g_ent, ent, float(inv_tau)))
