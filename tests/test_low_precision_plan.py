@@ -53,3 +53,20 @@ def test_bf16_plan_logprobs_and_entropy(low_precision_on_cpu, impl):
     lp64, ent64 = reference.linear_logprobs(h64, w64, y, None, 1.3, True)
     (lp64.sum() + ent64.sum()).backward()
     assert max_rel_err(h.grad, h64.grad) < 3e-2 and max_rel_err(w.grad, w64.grad) < 3e-2
+
+
+def test_vocabulary_blocks_keep_gemm_strides_aligned(low_precision_on_cpu, monkeypatch):
+    """Blocks of the gradient sweep come in multiples of 128 columns whenever the budget allows
+    more than 128 (a width such as 10922 made cuBLAS leave its Hopper kernels: benchmarks/NOTES.md,
+    section 6a), and the budget's remainder never makes a block narrower than 1."""
+    from rlsd_kernels.ops import chunked
+
+    assert [chunked.aligned(n) for n in (0, 1, 100, 128, 129, 10922, 5461)] == [1, 1, 100, 128, 128, 10880, 5376]
+    widths = []
+    real = gemm.logits
+    monkeypatch.setattr(gemm, "logits", lambda hc, W, b, out: widths.append(W.shape[0]) or real(hc, W, b, out))
+    case = make_case(B=2, T=8, H=16, V=1000).cast(torch.bfloat16)
+    head = chunked.ChunkedHead("chunked", chunk_bytes=16 * 6 * 300)  # 300 columns of N=16 rows fit
+    lp, _ = fused_linear_logprobs(case.hidden, case.weight, case.targets, impl=head)
+    lp.sum().backward()
+    assert widths[-4:] == [256, 256, 256, 232]  # the backward's blocks: 3 x 256 and the rest
