@@ -59,3 +59,12 @@ def test_linear_logprobs_and_jsd_on_the_gpu(impl):
                         teacher_hidden=case.extra["teacher_hidden"], impl=impl)
     loss.backward()
     assert torch.isfinite(case.hidden.grad).all() and torch.isfinite(case.weight.grad).all()
+
+
+def test_gpu_profile_quick_run(capsys):
+    """benchmarks.gpu_profile runs end to end (tiny shapes) and prints a row per case."""
+    from benchmarks import gpu_profile
+
+    gpu_profile.main(["--quick", "--no-profile", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert "rlsd loss, default budget" in out and "gradient sweep" in out and "ERROR" not in out
