@@ -60,7 +60,7 @@ def cmd_study(args) -> int:
     warmup = WarmupConfig(**({"steps": args.warm_steps} if args.warm_steps else {}))
     run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps,
               eval_every=args.eval_every, workers=args.workers, engine=args.engine, arms=tuple(args.arms or STUDY_ARMS),
-              warmup=warmup, report_only=args.report_only)
+              warmup=warmup, terms=args.terms, report_only=args.report_only)
     return 0
 
 
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rollouts (hf: on the training model; no engine start-up per run)")
     s.add_argument("--arms", nargs="*", help="arms to run and compare (default: the six of the study)")
     s.add_argument("--warm-steps", type=int, default=0, help="warm-start steps (default: the demo's)")
+    s.add_argument("--terms", type=int, default=3, choices=range(2, 6), metavar="{2..5}",
+                   help="numbers per sum (harder problems, longer traces; the warm start is trained on them)")
     s.add_argument("--report-only", action="store_true", help="summarise the finished runs, start none")
     s.set_defaults(fn=cmd_study)
 

@@ -65,3 +65,31 @@ def test_demo_summary_with_fewer_evaluations_than_its_tail():
     from rlsd.demo.experiment import summarize as demo_summary
     table, summary = demo_summary({"grpo": {0: {0: 0.5, 2: 0.6}}, "opsd": {0: {0: 0.5, 2: 0.4}}}, 0.5, tail=3)
     assert summary["opsd"]["diff_vs_grpo"] == pytest.approx(-10.0) and "steps 0-2" in table
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_harder_sums_fit_their_response_budget_and_the_model(k):
+    """--terms k: the longest worked solution of a k-number sum (and EOS) fits response_tokens(k),
+    and the longest teacher context plus that budget fits the tiny model's positions."""
+    import random
+
+    from rlsd.demo.task import TEMPLATES, make_problem, response_tokens
+    from rlsd.demo.tiny import char_tokenizer
+    from rlsd.demo.task import ALPHABET
+
+    tok = char_tokenizer(ALPHABET)
+    problems = [make_problem(random.Random(s), k) for s in range(300)]
+    longest = max(len(tok(e.solution)["input_ids"]) + 1 for e in problems)
+    assert longest <= response_tokens(k) and response_tokens(3) == 32
+    context = max(len(tok(TEMPLATES["solution"].format(reference=e.solution, prompt=e.prompt))["input_ids"])
+                  for e in problems)
+    assert context + response_tokens(k) <= 128  # tiny_qwen3's max_len
+
+
+def test_study_runs_take_the_harder_sums_budget(tmp_path):
+    from rlsd.demo.task import response_tokens
+
+    extra = {"rollout": {"max_new_tokens": response_tokens(4)}}
+    cfg = config_from_dict(arm_config("grpo", 0, str(tmp_path / "m"), str(tmp_path), str(tmp_path / "r"), 50, 10,
+                                      "hf", extra))
+    assert cfg.rollout.max_new_tokens == 44 and cfg.rollout.n == 8

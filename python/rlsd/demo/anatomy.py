@@ -48,11 +48,11 @@ def delta_stats(d) -> dict:
             "abs_delta_quantiles": {str(q): torch.quantile(d.abs(), q).item() for q in (0.5, 0.9, 0.95)}}
 
 
-def anatomy(model, tok, examples: list, n: int = 8, seed: int = 0) -> dict:
+def anatomy(model, tok, examples: list, n: int = 8, seed: int = 0, max_new_tokens: int = 32) -> dict:
     """Clip fractions of one batch of ``len(examples)`` prompts x ``n`` samples at temperature 1."""
     engine = HFEngine(model, tok)
     verifier = make_verifier("exact", pattern=ANSWER_PATTERN)
-    groups = engine.generate([tok(e.prompt)["input_ids"] for e in examples], n, 32, 1.0, seed=seed)
+    groups = engine.generate([tok(e.prompt)["input_ids"] for e in examples], n, max_new_tokens, 1.0, seed=seed)
     rewards = torch.tensor([[verifier(x.text, e).reward for x in g] for g, e in zip(groups, examples)])
     adv = group_advantages(rewards).flatten()
     flat = [(x, e) for g, e in zip(groups, examples) for x in g]
@@ -85,12 +85,12 @@ def anatomy(model, tok, examples: list, n: int = 8, seed: int = 0) -> dict:
     return out
 
 
-def anatomy_report(models: dict, examples: list, n: int = 8) -> dict:
+def anatomy_report(models: dict, examples: list, n: int = 8, max_new_tokens: int = 32) -> dict:
     """``anatomy`` of each ``{label: model directory}`` on the same prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out = {}
     for label, path in models.items():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        out[label] = anatomy(model, AutoTokenizer.from_pretrained(path), examples, n)
+        out[label] = anatomy(model, AutoTokenizer.from_pretrained(path), examples, n, max_new_tokens=max_new_tokens)
     return out
 

@@ -7,6 +7,7 @@ acts on one batch (``clip_anatomy.json``), written to ``--out``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import queue
@@ -19,9 +20,9 @@ import yaml
 from ..data import write_jsonl
 from ..metrics import read_jsonl
 from .anatomy import anatomy_report
-from .arms import ARMS, RL, STUDY_ARMS, arm_config
+from .arms import ARMS, RL, STUDY_ARMS, arm_config, merge
 from .experiment import HELDOUT_SEED, TRAIN_SEED, _run, default_engine
-from .task import make_split
+from .task import make_split, response_tokens
 from .warmup import WarmupConfig, deterministic, warm_start
 
 DIAGNOSTICS = ("reward_mean", "accuracy", "credit_clip_low_frac", "credit_clip_high_frac", "credit_clip_frac",
@@ -172,22 +173,27 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
 # ------------------------------------------------------------------------------------- running
 def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_dir: str = "~/.cache/rlsd",
               seeds: int = 8, steps: int = 50, eval_every: int = 10, workers: int = 2, engine: str = "hf",
-              arms=STUDY_ARMS, warmup: WarmupConfig = WarmupConfig(), report_only: bool = False,
+              arms=STUDY_ARMS, warmup: WarmupConfig = WarmupConfig(), terms: int = 3, report_only: bool = False,
               log=print) -> dict:
+    """The study: one warm start on ``terms``-number sums, then every arm x seed from it (finished
+    runs are kept), a paired summary against GRPO, per-step metrics, plots and the clip anatomy in
+    ``out``."""
     t0 = time.perf_counter()
     engine = engine or default_engine()
     runs_dir, out = os.path.abspath(runs_dir), os.path.abspath(out)
     data_dir = os.path.join(runs_dir, "data")
     os.makedirs(data_dir, exist_ok=True)
     os.makedirs(out, exist_ok=True)
-    heldout = make_split(200, HELDOUT_SEED)
-    train = make_split(5000, TRAIN_SEED, exclude={e.prompt for e in heldout})
+    heldout = make_split(200, HELDOUT_SEED, k=terms)
+    train = make_split(5000, TRAIN_SEED, k=terms, exclude={e.prompt for e in heldout})
+    warmup = dataclasses.replace(warmup, terms=terms, max_new_tokens=response_tokens(terms))
+    rollout = {"rollout": {"max_new_tokens": response_tokens(terms)}}
     write_jsonl(os.path.join(data_dir, "eval.jsonl"), [e.to_row() for e in heldout])
     write_jsonl(os.path.join(data_dir, "train.jsonl"), [e.to_row() for e in train])
     model_dir, info = warm_start(os.path.expanduser(cache_dir), heldout, warmup, log=log)
     log(f"warm start {model_dir}: {100 * info['accuracy']['plain']:.1f}% (fingerprint {info['fingerprint'][:16]})")
     if not report_only:
-        _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_dir, runs_dir, log)
+        _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_dir, runs_dir, rollout, log)
     runs = load_runs(runs_dir, arms, seeds)
     summary = summarize(runs)
     text = summary_text(summary, info["accuracy"])
@@ -197,12 +203,13 @@ def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_
         plot_study(runs, summary, os.path.join(out, "study.png"))
     result = {"warm_start": {k: info[k] for k in ("step", "accuracy", "curve", "fingerprint")},
               "settings": {"seeds": seeds, "steps": steps, "eval_every": eval_every, "workers": workers,
-                           "engine": engine, "arms": {a: ARMS[a] for a in arms}, "base": RL},
+                           "engine": engine, "terms": terms, "arms": {a: ARMS[a] for a in arms},
+                           "base": merge(RL, rollout)},
               "summary": summary, "minutes": minutes}
     final = os.path.join(runs_dir, "grpo", "seed0", "checkpoints", f"step_{steps:06d}", "model")
     models = {"warm start": model_dir, **({"grpo seed 0, last step": final} if os.path.isdir(final) else {})}
     with deterministic(), open(os.path.join(out, "clip_anatomy.json"), "w") as f:
-        json.dump(anatomy_report(models, train[:64]), f, indent=1)
+        json.dump(anatomy_report(models, train[:64], max_new_tokens=response_tokens(terms)), f, indent=1)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(out, "summary.txt"), "w") as f:
@@ -211,7 +218,7 @@ def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_
     return result
 
 
-def _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_dir, runs_dir, log) -> None:
+def _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_dir, runs_dir, extra, log) -> None:
     """Seed-major order, so that whatever has finished forms whole seeds; finished runs are kept."""
     jobs = []
     for seed in range(seeds):
@@ -224,7 +231,7 @@ def _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_di
                 os.remove(os.path.join(run_dir, "metrics.jsonl"))
             cfg_path = os.path.join(run_dir, "config.yaml")
             with open(cfg_path, "w") as f:
-                yaml.safe_dump(arm_config(arm, seed, model_dir, data_dir, run_dir, steps, eval_every, engine), f)
+                yaml.safe_dump(arm_config(arm, seed, model_dir, data_dir, run_dir, steps, eval_every, engine, extra), f)
             jobs.append((cfg_path, os.path.join(run_dir, "train.log")))
     log(f"{len(jobs)} runs to do ({len(arms)} arms x {seeds} seeds x {steps} steps), {workers} at a time, {engine}")
     cores = queue.Queue()

@@ -30,6 +30,12 @@ def make_problem(rng: random.Random, k: int = 3) -> Example:
     return Example(prompt=prompt, answer=str(acc), solution=";".join(steps) + f";#{acc}", difficulty=k)
 
 
+def response_tokens(k: int) -> int:
+    """Tokens a generated response of a k-number sum may take: its worked solution (k - 1 partial
+    sums of at most 11 characters, then ``#`` and up to 3 digits: 11 k - 7) and some slack; 32 at k = 3."""
+    return 12 * k - 4
+
+
 def make_split(n: int, seed: int, k: int = 3, exclude=()) -> list:
     """``n`` distinct problems (none of whose prompts are in ``exclude``)."""
     rng, seen, out = random.Random(seed), set(exclude), []

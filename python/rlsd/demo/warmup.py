@@ -47,7 +47,8 @@ class WarmupConfig:
     prefix_frac: float = 0.3       # share of examples with a privileged prefix (half answer, half trace)
     steps: int = STEPS
     eval_every: int = 100          # held-out accuracy recorded along the way (training does not read it)
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32       # response_tokens(terms)
+    terms: int = 3                 # numbers per sum
 
 
 def with_prefix(e: Example, source: str) -> Example:
@@ -115,7 +116,7 @@ def train_warm_start(heldout: list, cfg: WarmupConfig, log=print) -> tuple:
     for step in range(1, cfg.steps + 1):
         batch = []
         while len(batch) < cfg.batch_size:
-            e = make_problem(rng)
+            e = make_problem(rng, cfg.terms)
             if e.prompt in excluded:
                 continue
             if rng.random() < cfg.prefix_frac:
