@@ -58,6 +58,9 @@ def cmd_study(args) -> int:
     if unknown:
         raise SystemExit(f"rlsd study: unknown arms {unknown}; choose from {list(ARMS)}")
     warmup = WarmupConfig(**({"steps": args.warm_steps} if args.warm_steps else {}))
+    suffix = "" if args.terms == 3 else f"terms{args.terms}"  # runs of other sums are never reused
+    args.out = args.out or os.path.join("docs/study", suffix)
+    args.runs = args.runs or ("rlsd-demo/study" + (f"-{suffix}" if suffix else ""))
     run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps,
               eval_every=args.eval_every, workers=args.workers, engine=args.engine, arms=tuple(args.arms or STUDY_ARMS),
               warmup=warmup, terms=args.terms, report_only=args.report_only)
@@ -107,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("study", help="GRPO vs OPSD vs RLSD (paper settings and lam = 1), many seeds, paired")
-    s.add_argument("--out", default="docs/study", help="summary, per-step metrics and plots")
-    s.add_argument("--runs", default="rlsd-demo/study", help="the runs (finished ones are kept and reused)")
+    s.add_argument("--out", default=None,
+                   help="summary, per-step metrics and plots (default docs/study, docs/study/terms<k> for --terms k)")
+    s.add_argument("--runs", default=None, help="the runs, finished ones kept and reused (default rlsd-demo/study, "
+                                                "rlsd-demo/study-terms<k> for --terms k)")
     s.add_argument("--cache", default=os.environ.get("RLSD_CACHE", os.path.expanduser("~/.cache/rlsd")))
     s.add_argument("--seeds", type=int, default=8)
     s.add_argument("--steps", type=int, default=50)

@@ -61,3 +61,14 @@ def test_study_report_only_writes_results(tmp_path):
     anatomy = json.loads((out / "clip_anatomy.json").read_text())
     assert set(anatomy) == {"warm start"} and "credited (A != 0): the metric" in anatomy["warm start"]["answer"]["by_tokens"]
     assert (out / "metrics.csv").read_text().startswith("arm,seed,step,eval_accuracy")
+
+
+def test_study_of_harder_sums_keeps_its_own_runs_and_results(tmp_path, monkeypatch):
+    """--terms 4 defaults to its own runs and output folders (finished 3-number runs are never
+    reused for it), and its warm start, data and rollouts are 4-number sums."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "--terms", "4", "--report-only", "--warm-steps", "2", "--cache", str(tmp_path / "c")]) == 0
+    summary = json.loads((tmp_path / "docs/study/terms4/summary.json").read_text())
+    assert summary["settings"]["terms"] == 4 and summary["settings"]["base"]["rollout"]["max_new_tokens"] == 44
+    rows = (tmp_path / "rlsd-demo/study-terms4/data/eval.jsonl").read_text().splitlines()
+    assert json.loads(rows[0])["prompt"].count("+") == 3
