@@ -22,10 +22,23 @@ def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-
     raise ValueError(f"advantage must be 'grpo' or 'drgrpo', got {kind!r}")
 
 
-def lam_at(step: int, lam: float, schedule: str = "constant", lam_end: float = 0.0, decay_steps: int = 50) -> float:
-    """constant: lam; linear: lam + (lam_end - lam) * min(step / decay_steps, 1) (paper: 0.5 -> 0)."""
+def lam_at(step: int, lam: float, schedule: str = "constant", lam_end: float = 0.0, decay_steps: int = 50,
+           warmup_steps: int = 0) -> float:
+    """lam for the batch after ``step`` optimizer steps (0 for the first batch).
+
+    constant:      lam
+    linear:        lam + (lam_end - lam) min(step / decay_steps, 1)
+    warmup-decay:  the authors' schedule, on their step count g = step + 1 (W warmup, D decay steps):
+                   lam g / W                      while g < W
+                   lam max(1 - (g - W) / D, 0)    after, if D > 0 (else lam)
+    """
     if schedule == "constant":
         return lam
     if schedule == "linear":
         return lam + (lam_end - lam) * min(step / max(decay_steps, 1), 1.0)
-    raise ValueError(f"lam_schedule must be 'constant' or 'linear', got {schedule!r}")
+    if schedule == "warmup-decay":
+        g = step + 1
+        if warmup_steps > 0 and g < warmup_steps:
+            return lam * g / warmup_steps
+        return lam * max(1.0 - (g - warmup_steps) / decay_steps, 0.0) if decay_steps > 0 else lam
+    raise ValueError(f"lam_schedule must be 'constant', 'linear' or 'warmup-decay', got {schedule!r}")

@@ -79,9 +79,15 @@ class AlgoConfig:
     name: str = "rlsd"                   # grpo | opsd | grpo+opsd | rlsd
     advantage: str = "grpo"              # grpo: (R - mean) / (std + 1e-6) | drgrpo: R - mean
     lam: float = RLSDConfig.lam          # RLSD credit strength (ignored by grpo / opsd)
-    lam_schedule: str = "constant"       # constant | linear (lam -> lam_end over lam_decay_steps)
-    lam_end: float = 0.0
+    # constant | linear: lam -> lam_end over lam_decay_steps | warmup-decay (the authors'): 0 -> lam
+    # over lam_warmup_steps, then lam -> 0 over lam_decay_steps (0: stays at lam), advantages.lam_at
+    lam_schedule: str = "constant"
+    lam_end: float = 0.0                 # linear only
     lam_decay_steps: int = 50
+    lam_warmup_steps: int = 0            # warmup-decay only
+    negative_only: bool = False          # reweight only responses with A < 0 (the rest keep Ahat = A)
+    credit_span: str = "all"             # all | thought: reweight only tokens before the final answer,
+    answer_marker: str = ""              # ... which starts at the last occurrence of this text's tokens
     eps_w: float = RLSDConfig.eps_w
     eps_low: float = RLSDConfig.eps_low
     eps_high: float = RLSDConfig.eps_high
@@ -240,7 +246,8 @@ def _value_problems(cfg: Config) -> list:
         ("teacher.source", te.source, ("answer", "solution", "document")),
         ("algo.name", a.name, ("grpo", "opsd", "grpo+opsd", "rlsd")),
         ("algo.advantage", a.advantage, ("grpo", "drgrpo")),
-        ("algo.lam_schedule", a.lam_schedule, ("constant", "linear")),
+        ("algo.lam_schedule", a.lam_schedule, ("constant", "linear", "warmup-decay")),
+        ("algo.credit_span", a.credit_span, ("all", "thought")),
         ("algo.loss_agg", a.loss_agg, LOSS_AGGS),
         ("algo.kl_type", a.kl_type, KL_TYPES),
         ("algo.opsd_form", a.opsd_form, ("sampled", "jsd")),
@@ -257,7 +264,9 @@ def _value_problems(cfg: Config) -> list:
         ("teacher.sync_every", te.sync_every, te.sync_every >= 1, ">= 1"),
         ("algo.lam", a.lam, 0 <= a.lam <= 1, "in [0, 1]"),
         ("algo.lam_end", a.lam_end, 0 <= a.lam_end <= 1, "in [0, 1]"),
-        ("algo.lam_decay_steps", a.lam_decay_steps, a.lam_decay_steps >= 1, ">= 1"),
+        ("algo.lam_decay_steps", a.lam_decay_steps, a.lam_decay_steps >= (a.lam_schedule != "warmup-decay"),
+         ">= 0 (0: no decay)" if a.lam_schedule == "warmup-decay" else ">= 1"),
+        ("algo.lam_warmup_steps", a.lam_warmup_steps, a.lam_warmup_steps >= 0, ">= 0 (0: no warmup)"),
         ("algo.eps_w", a.eps_w, 0 <= a.eps_w < 1, "in [0, 1)"),
         ("algo.eps_low", a.eps_low, 0 <= a.eps_low < 1, "in [0, 1)"),
         ("algo.eps_high", a.eps_high, math.isfinite(a.eps_high) and a.eps_high >= 0, "a finite number >= 0"),
@@ -302,6 +311,8 @@ def _value_problems(cfg: Config) -> list:
     problems += _template_problems("data.prompt_template", d.prompt_template, ("prompt",))
     problems += _template_problems("teacher.template", te.template, ("prompt", "reference"))
     problems += _verifier_problems(cfg.verifier)
+    if a.credit_span == "thought" and not a.answer_marker:
+        problems.append("algo.credit_span 'thought' needs algo.answer_marker: the text that starts the final answer")
     if "opsd" in a.name and a.opsd_form == "jsd" and te.sync != "live":
         problems.append("algo.opsd_form 'jsd' compares full distributions under one LM head: "
                         "it needs teacher.sync 'live'")

@@ -50,7 +50,7 @@ from .distributed import all_reduce_sum, init_distributed, wrap_student
 from .evaluate import evaluate
 from .metrics import MetricsLog, plot_metrics
 from .model import lm_head, load_model, pick_device, prepare_model
-from .objectives import algorithm_loss, needs_teacher
+from .objectives import algorithm_loss, needs_teacher, thought_length
 from .rollout import make_engine
 from .teacher import Teacher, privileged_prompt
 from .verifiers import make_verifier
@@ -65,6 +65,7 @@ class Sample:
     logprobs: list           # rollout-time log-probs of the response tokens
     advantage: float
     group: int = 0           # index of its prompt in the step (PPO mini-batches split by prompt)
+    thought: int = 0         # tokens before the final answer (algo.credit_span 'thought')
 
 
 def global_normalizer(loss_agg: str, lengths: list) -> float:
@@ -119,6 +120,7 @@ class Trainer:
         self.teacher = Teacher(model, cfg.teacher) if needs_teacher(cfg.algo) else None
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.kl_coef else None
         self.engine = make_engine(cfg.rollout, model, tokenizer)
+        self.answer_marker = tokenizer(cfg.algo.answer_marker, add_special_tokens=False)["input_ids"]
         self.step = 0
         tb = os.path.join(t.output_dir, "tensorboard") if t.tensorboard else ""
         self.log = MetricsLog(os.path.join(t.output_dir, "metrics.jsonl"), tb)
@@ -173,7 +175,8 @@ class Trainer:
         samples = []
         for g in keep.nonzero().flatten().tolist():
             teacher_ctx = self.encode(privileged_prompt(examples[g], cfg.teacher)) if self.teacher else []
-            samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a), g)
+            samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a), g,
+                               thought_length(x.response_ids, self.answer_marker))
                         for x, a in zip(groups[g], adv[g].tolist())]
         if self.teacher is not None:
             self.teacher.maybe_sync(self.step)
@@ -188,7 +191,12 @@ class Trainer:
         return {"step": self.step, "lam": self.current_lam(self.step - 1), **curriculum,
                 "reward_mean": rewards.mean().item(), "accuracy": (rewards >= 1.0).float().mean().item(),
                 "groups_kept": int(keep.sum()), "response_len": sum(len(x.response_ids) for x in flat) / len(flat),
-                "finished_frac": sum(x.finished for x in flat) / len(flat), "loss": loss, **metrics,
+                "finished_frac": sum(x.finished for x in flat) / len(flat),
+                # share of the rollout's response tokens with A != 0: credit_clip_frac x this is the
+                # credit-clip fraction over all response tokens (the authors' denominator)
+                "credited_frac": sum(len(s.response) for s in samples if s.advantage != 0)
+                / max(sum(len(x.response_ids) for x in flat), 1),
+                "loss": loss, **metrics,
                 "reasons": dict(reasons), "time_rollout": t1 - t0, "time_train": t2 - t1, "time_step": t2 - t0}
 
     def update(self, samples: list):
@@ -267,13 +275,16 @@ class Trainer:
         weight, bias = lm_head(self.model)
         T = targets.shape[1]
         teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else {}
+        credit_mask = None
+        if cfg.algo.credit_span == "thought":
+            credit_mask = (torch.arange(T)[None, :] < torch.tensor([s.thought for s in batch])[:, None]).to(mask)
         ref_lp = self.frozen_logprobs(self.ref, [s.context for s in batch], batch, targets) if self.ref else None
         loss, metrics = algorithm_loss(
             cfg.algo, lam, hidden, weight, targets, mask,
             advantages=torch.tensor([s.advantage for s in batch], device=self.device),
             teacher=teacher, old_logprobs=pad_values([s.logprobs for s in batch], T, self.device),
             ref_logprobs=ref_lp, bias=bias, temperature=cfg.rollout.temperature, normalizer=normalizer,
-            impl=cfg.train.impl)
+            impl=cfg.train.impl, credit_mask=credit_mask)
         return loss, metrics
 
     def teacher_inputs(self, batch: list, targets) -> dict:
@@ -296,7 +307,7 @@ class Trainer:
     # -------------------------------------------------------------------------------- helpers
     def current_lam(self, step: int) -> float:
         a = self.cfg.algo
-        return lam_at(step, a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps)
+        return lam_at(step, a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps, a.lam_warmup_steps)
 
     def encode(self, text: str) -> list:
         return self.tokenizer(text)["input_ids"]
