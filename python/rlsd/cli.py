@@ -23,6 +23,7 @@ def cmd_train(args) -> int:
         step = trainer.resume(args.resume)
         print(f"resumed at step {step}", file=sys.stderr)
     trainer.train()
+    trainer.engine.close()
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
@@ -40,6 +41,7 @@ def cmd_eval(args) -> int:
     cfg.rollout.engine = args.engine or cfg.rollout.engine
     trainer = Trainer(cfg, train_examples=[])
     print(json.dumps(trainer.evaluate()))
+    trainer.engine.close()
     return 0
 
 

@@ -1,15 +1,19 @@
 """The vLLM rollout engine for real (skipped when vllm is not installed)."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("vllm")
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-from trainer_helpers import tiny_setup  # noqa: E402
+from trainer_helpers import examples, tiny_setup  # noqa: E402
 from rlsd.batch import pad_values, response_hidden  # noqa: E402
+from rlsd.data import write_jsonl  # noqa: E402
 from rlsd.model import lm_head  # noqa: E402
 from rlsd.rollout.vllm import VLLMEngine  # noqa: E402
 from rlsd_kernels import fused_linear_logprobs  # noqa: E402
@@ -59,3 +63,25 @@ def test_weight_sync(setup):
     fresh = engine.generate(prompts, 2, 12, temperature=1.0, seed=1)
     ours, theirs = trainer_logprobs(model, fresh, 1.0)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_train_run_exits_without_traceback(tmp_path):
+    """A successful ``rlsd train`` on the vLLM engine ends quietly: the engine is shut down while the
+    process groups it made still exist (else vLLM's exit finaliser prints a ``[rank0]`` traceback)."""
+    model, tok = tiny_setup()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    write_jsonl(str(tmp_path / "train.jsonl"), [e.to_row() for e in examples(4, answer="7")])
+    cfg = {"model": {"path": str(tmp_path / "model")}, "data": {"train": str(tmp_path / "train.jsonl")},
+           "verifier": {"name": "exact", "options": {"pattern": r"(\d)\D*$"}},
+           "rollout": {"engine": "vllm", "n": 2, "max_new_tokens": 4},
+           "teacher": {"source": "answer", "template": "ans {reference}|{prompt}", "sync": "frozen"},
+           "algo": {"name": "grpo+opsd"},
+           "train": {"steps": 1, "prompts_per_step": 2, "output_dir": str(tmp_path / "run"), "progress": False,
+                     "threads": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = subprocess.run([sys.executable, "-m", "rlsd", "train", str(tmp_path / "c.yaml")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert (tmp_path / "run" / "metrics.jsonl").exists()

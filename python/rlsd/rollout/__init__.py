@@ -4,7 +4,8 @@
 per prompt, ``n`` :class:`Rollout` s whose ``logprobs`` are the sampling log-probs *after*
 temperature, ``log softmax(z / tau)[y_t]``: the same quantity the trainer's loss computes, so they
 serve as ``old_logprobs``. Temperature 0 is greedy. ``engine.sync(model)`` pushes the trainer's
-current weights to the engine after an optimizer step.
+current weights to the engine after an optimizer step; ``engine.close()`` releases it (before the
+process group is destroyed).
 """
 
 from __future__ import annotations

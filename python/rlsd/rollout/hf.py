@@ -43,6 +43,9 @@ class HFEngine:
     def sync(self, model) -> None:
         """Nothing to push: generation runs on the trainer's own module."""
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     @torch.no_grad()
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0,
                  seed=None) -> list:

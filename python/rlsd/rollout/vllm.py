@@ -9,6 +9,7 @@ cores). Full-weight models only: a LoRA-wrapped model would need its adapters me
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -53,6 +54,15 @@ class VLLMEngine:
     def sync(self, model) -> None:
         """Push the trainer's current weights into the engine (in place, no restart)."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(model.state_dict().items())})
+
+    def close(self) -> None:
+        """Shut the engine down now (idempotent). Its core tears down the process groups it made; left
+        to vLLM's finaliser at interpreter exit, that runs after the caller may have destroyed them and
+        prints a ``ValueError: Invalid process group specified`` traceback on a successful run."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, seed=None) -> list:
         from vllm import SamplingParams
