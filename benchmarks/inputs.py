@@ -51,7 +51,7 @@ class Shape:
     def input_bytes(self):
         """What :func:`make_inputs` holds: hidden, teacher hidden, weight, and the per-token tensors."""
         B, T = self.batch
-        return (2 * self.N * self.H + self.V * self.H) * self.itemsize + self.N * (8 + 4 + 4) + B * 4
+        return (2 * self.N * self.H + self.V * self.H) * self.itemsize + self.N * (8 + 4 + 4 + 4 + 4) + B * 4
 
     def grad_bytes(self):
         """dL/dhidden and dL/dweight."""
@@ -76,4 +76,7 @@ def make_inputs(shape: Shape, device="cpu", seed=0):
         mask=torch.ones(B, T, device=device),
         teacher_hidden=randn(B, T, shape.H),
         old_logprobs=(-torch.rand(B, T, generator=g) * 8).to(device),
+        # the per-token upstream gradients of the logprobs kernel (drawn last: the above stay as they were)
+        grad_logprobs=(torch.randn(B, T, generator=g) / shape.N).to(device),
+        grad_entropy=(torch.randn(B, T, generator=g) / shape.N).to(device),
     )

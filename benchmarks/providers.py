@@ -14,8 +14,19 @@ weight; only how the log-probs are taken differs.
                         fallback that materialises the logits
 - ``trl-chunked-logprob``: TRL's ``ChunkedLogProbFunction`` (what ``GRPOTrainer`` uses for its
                         fused LM head) as the primitive
+- ``verl-lce``, ``liger-sm90``, ``cce-exact``: veRL's ``linear_cross_entropy`` (Triton, log-prob +
+                        entropy), Liger-Kernel's Hopper CuTe DSL fused scaled cross-entropy (per-token
+                        NLL with a per-token upstream gradient) and cut-cross-entropy without gradient
+                        filtering (``filter_eps=None``) as the primitive
 - ``gemm-floor``:       the four GEMMs a fused RLSD step cannot avoid (student logits, teacher
                         logits, dL/dhidden, dL/dweight) on their own
+
+The ``logprobs`` kernel (``python -m benchmarks --kernel logprobs``) times the primitive alone: per-token
+log-probs and entropies of the student, forward and backward with a fixed per-token upstream gradient
+(what any RL loss sends back); floor: its three GEMMs. Each of its providers states its contract: the
+sum-reduced linear cross-entropies of QuACK and Liger (``quack-lce-sum``, ``liger-flce-sm90-sum``)
+take a scalar upstream gradient and return no per-token log-probs, so they are a speed-of-light
+reference beside the others, not a replacement for them.
 
 A provider builds a :class:`Case` from the inputs: ``forward()`` is the training forward (inputs
 require grad; the fused losses compute their gradients already here, as Liger's do), ``backward``
@@ -40,7 +51,9 @@ from benchmarks.inputs import MiB, Shape
 from benchmarks.measure import Step
 
 MODES = ("forward", "backward", "full")
-KERNEL = "rlsd_loss"
+KERNELS = ("rlsd_loss", "logprobs")
+FLOOR = {"rlsd_loss": "gemm-floor", "logprobs": "logprobs-gemm-floor"}  # ratio_to_floor's denominator
+EAGER = {"rlsd_loss": "eager", "logprobs": "logprobs-eager"}            # ratio_to_eager's denominator
 CFG = RLSDConfig(lam=1.0)  # defaults (docs/math.md): eps_w 0.2, eps_low 0.2, eps_high 0.28, no KL, no entropy
 FLOOR_CHUNK_BYTES = 512 * MiB  # the floor's logits buffer: [N, V] up to this size, else row chunks
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
@@ -132,10 +145,33 @@ def _liger(compiled):
     return loss_fn
 
 
-def _cce(impl):
+def _cce(impl, filter_eps="high"):
     from cut_cross_entropy import linear_cross_entropy
 
-    return lambda h, w, y: -linear_cross_entropy(h, w, y, reduction="none", impl=impl)
+    return lambda h, w, y: -linear_cross_entropy(h, w, y, reduction="none", impl=impl, filter_eps=filter_eps)
+
+
+def _verl_lce(entropy=False):
+    """veRL's fused log-prob + entropy (``use_fused_kernels``): ``(logprobs [n], entropy [n])``."""
+    from verl.utils.kernel.linear_cross_entropy import linear_cross_entropy
+
+    def f(h, w, y):
+        lp, ent = linear_cross_entropy(h, w, y, 1.0, "none")
+        return (lp, ent) if entropy else lp
+    return f
+
+
+def _liger_sm90(entropy=False):
+    """Liger's Hopper fused scaled cross-entropy: per-token NLL (and entropy), per-token upstream grad."""
+    from liger_kernel.ops.cutedsl.ops.fused_scaled_cross_entropy_sm90 import (
+        LigerFusedScaledCrossEntropySM90Function as F)
+
+    def f(h, w, y):
+        if entropy:
+            nll, ent = F.apply(h, w, y, 1.0, -100, 1, True)
+            return -nll, ent
+        return -F.apply(h, w, y)
+    return f
 
 
 def _trl():
@@ -143,6 +179,51 @@ def _trl():
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE as chunk  # the vocabulary tile TRL uses
 
     return lambda h, w, y: ChunkedLogProbFunction.apply(h, w, None, y, 1.0, chunk, None, 1.0, ())[0]
+
+
+def _logprobs_loss(logprobs, entropy=True):
+    """The ``logprobs`` kernel: ``sum_t g_lp lp_t + g_ent H_t`` for a primitive returning per-token
+    ``lp`` (and ``H`` when ``entropy``): the per-token upstream gradient of any RL loss."""
+
+    def loss_fn(x):
+        h, w, y = x["hidden"], x["weight"], x["targets"]
+        H = h.shape[-1]
+        out = logprobs(h.reshape(-1, H), w, y.reshape(-1))
+        lp, ent = out if entropy else (out, None)
+        loss = (lp.float().view(y.shape) * x["grad_logprobs"]).sum()
+        if ent is not None:
+            loss = loss + (ent.float().view(y.shape) * x["grad_entropy"]).sum()
+        return loss
+
+    return loss_fn
+
+
+def _eager_logprobs(h, w, y):
+    """Materialised logits (float32, or float64 for float64 inputs), log_softmax, gather, entropy:
+    what a trainer writes by hand."""
+    z = torch.mm(h, w.t())
+    logp = torch.log_softmax(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+    return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+def _sum_reduced(ce):
+    """A sum-reduced linear cross-entropy ``ce(h [n, H], w, y) -> scalar``: a different contract."""
+    def loss_fn(x):
+        h = x["hidden"]
+        return ce(h.reshape(-1, h.shape[-1]), x["weight"], x["targets"].reshape(-1))
+    return loss_fn
+
+
+def _quack_sum():
+    from quack.linear_cross_entropy import chunked_linear_cross_entropy
+
+    return lambda h, w, y: chunked_linear_cross_entropy(h, w, y, reduction="sum")
+
+
+def _liger_flce_sum():
+    from liger_kernel.ops.cutedsl.ops.fused_linear_cross_entropy_sm90 import liger_fused_linear_cross_entropy_sm90
+
+    return lambda h, w, y: liger_fused_linear_cross_entropy_sm90(h, w, y, reduction="sum")
 
 
 class FloorCase(Case):
@@ -178,8 +259,16 @@ class FloorCase(Case):
         pass
 
 
-def gemm_floor_flops(N, H, V):
-    return 4 * 2 * N * H * V
+class LogprobsFloorCase(FloorCase):
+    """The primitive's three GEMMs: student logits; dL/dhidden and dL/dweight."""
+
+    def forward(self):
+        for r0, r1, z in self._chunks():
+            torch.mm(self.h[r0:r1], self.w.t(), out=z)
+
+
+def gemm_floor_flops(N, H, V, kernel="rlsd_loss"):
+    return (4 if kernel == "rlsd_loss" else 3) * 2 * N * H * V
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,13 +282,19 @@ def _version(dist):
         return ""
 
 
+# Peers that benchmarks/requirements.txt cannot hold (their pins or their hardware), and how to get them.
+HINTS = {"verl": "pip install verl==0.9.1 in an environment of its own: it pins transformers<5.11",
+         "cutlass": "pip install nvidia-cutlass-dsl==4.8.1: Liger's CuTe DSL kernels need it, and a CUDA GPU",
+         "quack": "pip install quack-kernels: CuTe DSL, a CUDA GPU"}
+
+
 def _needs(*modules):
     """Reason string if a module is missing, else None."""
     import importlib.util
 
     for m in modules:
         if importlib.util.find_spec(m) is None:
-            return f"{m} not installed ({INSTALL_HINT})"
+            return f"{m} not installed ({HINTS.get(m, INSTALL_HINT)})"
     return None
 
 
@@ -230,6 +325,30 @@ def _cce_unavailable(impl):
     return reason
 
 
+def _hopper_cutedsl(device):
+    """Why a CuTe DSL SM90 kernel cannot run here, or None."""
+    missing = _needs("liger_kernel", "cutlass")
+    if missing:
+        return missing
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
+        return "needs a Hopper GPU (compute capability 9.0)"
+    return None
+
+
+def _quack_unavailable(device):
+    missing = _needs("quack")
+    if missing:
+        return missing
+    return None if device.type == "cuda" else "needs a CUDA GPU (CuTe DSL)"
+
+
+def _verl_unavailable(device):
+    missing = _needs("verl")
+    if missing:
+        return missing
+    return None if device.type == "cuda" else "its Triton kernels need a CUDA GPU"
+
+
 def _always(device):
     return None
 
@@ -242,6 +361,8 @@ class Provider:
     extra_bytes: Callable[[Shape], int]                     # estimated peak above inputs, fwd+bwd
     version: Callable[[], str] = field(default=lambda: f"rlsd_kernels {rlsd_kernels.__version__}")
     note: str = ""                                          # what differs from the others
+    kernel: str = "rlsd_loss"                               # which of KERNELS it computes
+    contract: str = ""                                      # what it returns and takes back, if not the kernel's own
 
 
 def _chunked_bytes(s: Shape):
@@ -300,20 +421,70 @@ def registry() -> dict:
     out.append(Provider("trl-chunked-logprob", lambda x: Case(x, _rlsd_from_primitive(_trl())),
                         lambda d: _needs("trl"), _trl_bytes, lambda: _version("trl"),
                         note="ChunkedLogProbFunction x2 + per-token math"))
+    out.append(Provider("cce-exact", lambda x: Case(x, _rlsd_from_primitive(_cce("cce", None))),
+                        _cce_unavailable("cce"), _chunked_bytes, lambda: _version("cut-cross-entropy"),
+                        note="linear_cross_entropy(filter_eps=None) x2 + per-token math"))
+    out.append(Provider("verl-lce", lambda x: Case(x, _rlsd_from_primitive(_verl_lce())), _verl_unavailable,
+                        _chunked_bytes, lambda: _version("verl"),
+                        note="verl.utils.kernel.linear_cross_entropy x2 + per-token math"))
+    out.append(Provider("liger-sm90", lambda x: Case(x, _rlsd_from_primitive(_liger_sm90())), _hopper_cutedsl,
+                        _chunked_bytes, lambda: " ".join(filter(None, (_version("liger-kernel"),
+                                                                       _version("nvidia-cutlass-dsl")))),
+                        note="LigerFusedScaledCrossEntropySM90Function x2 + per-token math"))
+    out += _logprobs_providers()
     return {p.name: p for p in out}
 
 
-def default_selection(device: torch.device) -> list:
-    """Every rlsd impl, the default impl's fused_linear_logprobs, eager, the peers, the floor."""
+PER_TOKEN = "per-token log-prob + entropy, per-token upstream gradient"
+
+
+def _logprobs_providers():
+    """The ``logprobs`` kernel's providers (see the module docstring)."""
+    lp = dict(kernel="logprobs")
+    cutlass = lambda: " ".join(filter(None, (_version("liger-kernel"), _version("nvidia-cutlass-dsl"))))  # noqa: E731
+    out = [Provider("logprobs-gemm-floor", LogprobsFloorCase, _always, _floor_bytes,
+                    note="the three GEMMs alone", **lp),
+           Provider("logprobs-eager", lambda x: Case(x, _logprobs_loss(_eager_logprobs)), _always,
+                    lambda s: 3 * s.logits_bytes() + s.grad_bytes(), note="materialises [N, V] logits",
+                    contract=PER_TOKEN, **lp)]
+    for impl in FUSED:
+        out.append(Provider(f"fused_linear_logprobs-{impl}",
+                            lambda x, i=impl: Case(x, _logprobs_loss(
+                                lambda h, w, y: fused_linear_logprobs(h, w, y, return_entropy=True, impl=i))),
+                            _fused_unavailable(impl), _chunked_bytes, contract=PER_TOKEN, **lp))
+    out += [
+        Provider("verl-lce-logprobs", lambda x: Case(x, _logprobs_loss(_verl_lce(entropy=True))), _verl_unavailable,
+                 _chunked_bytes, lambda: _version("verl"), contract=PER_TOKEN, **lp),
+        Provider("liger-sm90-logprobs", lambda x: Case(x, _logprobs_loss(_liger_sm90(entropy=True))),
+                 _hopper_cutedsl, _chunked_bytes, cutlass, contract=PER_TOKEN, **lp),
+        Provider("cce-exact-logprobs", lambda x: Case(x, _logprobs_loss(_cce("cce", None), entropy=False)),
+                 _cce_unavailable("cce"), _chunked_bytes, lambda: _version("cut-cross-entropy"),
+                 contract="per-token log-prob only (no entropy), per-token upstream gradient", **lp),
+        Provider("quack-lce-sum", lambda x: Case(x, _sum_reduced(_quack_sum())), _quack_unavailable,
+                 _chunked_bytes, lambda: _version("quack-kernels"),
+                 contract="sum-reduced cross-entropy: no per-token outputs, scalar upstream gradient "
+                          "(speed-of-light reference, a different contract)", **lp),
+        Provider("liger-flce-sm90-sum", lambda x: Case(x, _sum_reduced(_liger_flce_sum())), _hopper_cutedsl,
+                 _chunked_bytes, cutlass,
+                 contract="sum-reduced cross-entropy: no per-token outputs, scalar upstream gradient "
+                          "(speed-of-light reference, a different contract)", **lp),
+    ]
+    return out
+
+
+def default_selection(device: torch.device, kernel: str = "rlsd_loss") -> list:
+    """rlsd_loss: every rlsd impl, the default impl's fused_linear_logprobs, eager, the peers, the floor;
+    logprobs: every provider of that kernel."""
     default = resolve_impl("auto", device)
     skip = {f"logprobs-{i}" for i in FUSED if i != default} | {"liger-grpo-compiled"}
     if device.type == "cuda":
         skip.add("cce-torch_compile")
-    return [name for name in registry() if name not in skip]
+    return [name for name, p in registry().items() if p.kernel == kernel and name not in skip]
 
 
-def default_provider(device: torch.device) -> str:
-    return f"rlsd-{resolve_impl('auto', device)}"
+def default_provider(device: torch.device, kernel: str = "rlsd_loss") -> str:
+    impl = resolve_impl("auto", device)
+    return f"rlsd-{impl}" if kernel == "rlsd_loss" else f"fused_linear_logprobs-{impl}"
 
 
 def providers(impls):

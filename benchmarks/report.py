@@ -102,6 +102,17 @@ def markdown(rows, default_provider=None, order=()):
     return "\n".join(out).strip() + "\n"
 
 
+def contracts(rows):
+    """A Markdown list: each provider's version and, where it differs from the kernel's, its contract."""
+    seen = {}
+    for r in rows:
+        cfg = json.loads(r["extra_benchmark_config_str"])
+        seen.setdefault(r["kernel_provider"], (r["provider_version"], cfg.get("contract", ""), r["status"]))
+    lines = [f"- `{p}`: {version or 'not installed'}" + (f"; {contract}" if contract else "")
+             for p, (version, contract, _) in seen.items()]
+    return "\n### Providers\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _fmt_mem(row):
     """MiB, or why not: the out-of-memory estimate and failures in full, the rest in a word."""
     if row is None:

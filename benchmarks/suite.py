@@ -1,7 +1,8 @@
 """The benchmark suite: `python -m benchmarks` (see benchmarks/README.md).
 
 For every LM-head shape (a preset, or --hidden x --vocab) and token count, every provider computes
-the same RLSD loss from the same inputs (benchmarks/providers.py):
+the same RLSD loss (or, with --kernel logprobs, the per-token log-probs and entropies with their
+backward) from the same inputs (benchmarks/providers.py):
 - time of forward, backward and forward+backward, all providers interleaved in one fresh process
   per case (benchmarks/timecase.py);
 - peak memory above the inputs of one forward+backward: on the CPU one fresh process per provider
@@ -26,7 +27,7 @@ import torch
 import rlsd_kernels
 from benchmarks import measure, report
 from benchmarks.inputs import PRESETS, GiB, MiB, Shape
-from benchmarks.providers import KERNEL, MODES, default_provider, default_selection, registry
+from benchmarks.providers import EAGER, FLOOR, KERNELS, MODES, default_provider, default_selection, registry
 
 DEFAULT_TOKENS = (512, 2048, 8192, 32768)
 DEFAULT_MAX_TIME_TOKENS = 8192
@@ -45,6 +46,8 @@ def parse(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (CUDA events, max_memory_allocated)")
+    ap.add_argument("--kernel", default=KERNELS[0], choices=KERNELS,
+                    help="rlsd_loss: the whole RLSD loss; logprobs: the log-prob + entropy primitive alone")
     ap.add_argument("--preset", default=None,
                     help=f"comma-separated LM heads: {', '.join(PRESETS)}, or 'all' (default: demo)")
     ap.add_argument("--hidden", type=_ints, help="comma-separated H (with --vocab: their product, instead of presets)")
@@ -60,7 +63,8 @@ def parse(argv=None):
                     help=f"time only cases with N <= this (memory is probed at every N); 0: no limit "
                          f"(default: {DEFAULT_MAX_TIME_TOKENS} on the CPU, no limit on CUDA)")
     ap.add_argument("--mem-providers", default="all",
-                    help="providers whose memory is probed: 'all', 'none', or names ('default' = the default impl)")
+                    help="providers whose memory is probed: 'all', 'none', or names ('default' = the default impl, "
+                         "'eager' and 'gemm-floor' = the kernel's own)")
     ap.add_argument("--mem-budget-gib", type=float, default=None,
                     help="memory a case may use (default: MemAvailable, or free device memory)")
     ap.add_argument("--long-trace", action="store_true",
@@ -113,9 +117,10 @@ class Suite:
         self.device = torch.device(args.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             sys.exit("--device cuda: no CUDA device visible to torch")
-        self.reg = registry()
-        self.default = default_provider(self.device)
-        self.selected = self._names(args.providers, default_selection(self.device))
+        self.kernel = args.kernel
+        self.reg = {n: p for n, p in registry().items() if p.kernel == self.kernel}
+        self.default = default_provider(self.device, self.kernel)
+        self.selected = self._names(args.providers, default_selection(self.device, self.kernel))
         self.mem_selected = ([] if args.mem_providers == "none" else
                              self.selected if args.mem_providers == "all" else
                              self._names(args.mem_providers, self.selected))
@@ -135,7 +140,8 @@ class Suite:
             return list(default)
         if spec == "all":
             return list(self.reg)
-        names = [self.default if n == "default" else n for n in spec.split(",") if n]
+        alias = {"default": self.default, "eager": EAGER[self.kernel], "gemm-floor": FLOOR[self.kernel]}
+        names = [alias.get(n, n) for n in spec.split(",") if n]
         unknown = [n for n in names if n not in self.reg]
         if unknown:
             sys.exit(f"unknown provider(s) {unknown}; known: {', '.join(self.reg)}")
@@ -158,8 +164,9 @@ class Suite:
     def row(self, series, shape, name, mode, metric, status, values=None, **extra):
         cfg = dict(series=series, H=shape.H, V=shape.V, dtype=shape.dtype, B=shape.batch[0], T=shape.batch[1],
                    reps=extra.pop("reps", self.args.reps), lam=1.0, loss_agg="token-mean",
-                   threads=torch.get_num_threads(), note=self.reg[name].note, **extra)
-        r = dict(kernel_name=KERNEL, kernel_provider=name, kernel_operation_mode=mode, metric_name=metric,
+                   threads=torch.get_num_threads(), note=self.reg[name].note,
+                   contract=self.reg[name].contract, **extra)
+        r = dict(kernel_name=self.kernel, kernel_provider=name, kernel_operation_mode=mode, metric_name=metric,
                  metric_unit="ms" if metric == "time" else "MiB", x_name="N", x_label="tokens", x_value=shape.N,
                  status=status, extra_benchmark_config_str=json.dumps(cfg), device_name=self.dev_name,
                  timestamp=self.stamp, rlsd_kernels_version=rlsd_kernels.__version__,
@@ -176,7 +183,7 @@ class Suite:
         if a.long_trace:
             preset, N = LONG_TRACE
             shape = Shape(N, *PRESETS[preset], a.dtype)
-            for name in (self.default, "eager"):
+            for name in (self.default, EAGER[self.kernel]):
                 st = self.status(name, shape)
                 if st == "ok":
                     out.append((f"long trace {name} {shape.label()}",
@@ -232,7 +239,7 @@ class Suite:
                 res = measure.run_child("benchmarks.timecase", spec)
             except measure.ChildFailed as e:
                 res["failed"] = {n: str(e) for n in run}
-        floor, eager = res["times"].get("gemm-floor", {}), res["times"].get("eager", {})
+        floor, eager = res["times"].get(FLOOR[self.kernel], {}), res["times"].get(EAGER[self.kernel], {})
         for name in self.selected:
             for mode in self.modes:
                 t = res["times"].get(name, {}).get(mode)
@@ -275,19 +282,20 @@ class Suite:
             return json.loads(r["extra_benchmark_config_str"])["series"], r["x_value"]
 
         eager = {case(r): r["y_value_50"] for r in self.rows
-                 if r["kernel_provider"] == "eager" and r["metric_name"] == "memory" and r["status"] == "ok"}
+                 if r["kernel_provider"] == EAGER[self.kernel] and r["metric_name"] == "memory" and r["status"] == "ok"}
         for r in self.rows:
             if r["metric_name"] == "memory" and r["status"] == "ok" and eager.get(case(r)):
                 r["ratio_to_eager"] = round(r["y_value_50"] / eager[case(r)], 4)
 
 
 def list_providers(suite):
-    print(f"device {suite.device} ({suite.dev_name}); default impl: {suite.default}")
-    default = set(default_selection(suite.device))
+    print(f"device {suite.device} ({suite.dev_name}); kernel {suite.kernel}; default: {suite.default}")
+    default = set(default_selection(suite.device, suite.kernel))
     for name, p in suite.reg.items():
         why = p.unavailable(suite.device)
         print(f"  {name:22s} {'default' if name in default else '       '}  "
-              f"{'runs' if why is None else 'not run: ' + why}  {p.version()}  {p.note}")
+              f"{'runs' if why is None else 'not run: ' + why}  {p.version() or 'not installed'}  "
+              f"{'; '.join(filter(None, (p.note, p.contract)))}")
 
 
 def main(argv=None):
@@ -313,7 +321,7 @@ def main(argv=None):
         job()
     bar.close()
 
-    stem = "long_trace" if args.long_trace else "bench"
+    stem = "long_trace" if args.long_trace else "bench" if args.kernel == KERNELS[0] else f"bench_{args.kernel}"
     csv_path = os.path.join(args.results, f"{stem}.csv")
     suite.memory_ratios()
     order = {n: i for i, n in enumerate(dict.fromkeys([*suite.selected, *suite.reg]))}
@@ -326,8 +334,10 @@ def main(argv=None):
     checks = report.checks(rows, suite.default)
     if checks:
         text += "\n### Checks (issue 3)\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
-    text = (f"Device: {suite.dev_name}, torch {torch.__version__}, {suite.stamp}. GEMM floor: the 4 GEMMs of the "
-            "shape (student and teacher logits in fwd, dL/dhidden and dL/dweight in bwd).\n" + text)
+    floor = ("the 4 GEMMs of the shape (student and teacher logits in fwd, dL/dhidden and dL/dweight in bwd)"
+             if args.kernel == "rlsd_loss" else "the 3 GEMMs of the shape (logits in fwd, dL/dhidden and dL/dweight in bwd)")
+    text = (f"Device: {suite.dev_name}, torch {torch.__version__}, {suite.stamp}. Kernel: {args.kernel}. "
+            f"GEMM floor: {floor}.\n" + text + report.contracts(rows))
     md_path = os.path.join(args.results, f"{stem}.md")
     with open(md_path, "w") as f:
         f.write(text)
