@@ -5,6 +5,7 @@ escapes, or fakes the end of the tests), so reward 0 shows that the trick failed
 (files, listeners, this process) show that nothing leaked out.
 """
 
+import json
 import os
 import socket
 import sqlite3
@@ -306,6 +307,21 @@ def test_sql_rows_length_and_time_are_bounded():
     assert time.monotonic() - start < 5
 
 
+def test_sql_single_long_c_calls_are_stopped_at_the_timeout():
+    """One LIKE or instr() is one C call, between progress-handler steps: the worker is killed."""
+    gold = ex("SELECT 1", db=DB)
+    assert verify("sql", "SELECT 1", gold).reward == 1.0  # the worker pool is up before the clock starts
+    strings = "WITH s(x, p) AS (SELECT printf('%.*c', {}, 'a'), replace(printf('%.*c', {}, '%'), '%', '{}') || 'b') "
+    like = strings.format(100_000, 5_000, "%a") + "SELECT " + ", ".join(["x LIKE p"] * 50) + " FROM s"
+    instr = strings.format(1_000_000, 500_000, "a") + "SELECT instr(x, p) FROM s"
+    for query in (like, instr):
+        start = time.monotonic()
+        verdict = verify("sql", query, gold, timeout=0.5)
+        assert verdict.reward == 0.0 and time.monotonic() - start < 3, verdict
+    assert "pattern too complex" in verify("sql", like, gold).reason
+    assert verify("sql", "SELECT 1", gold).reward == 1.0  # the killed worker was replaced
+
+
 # ---------------------------------------------------------------- strings, JSON, math
 HOSTILE_TEXT = ["9" * 200_000, "x" * 2_000_000, "[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000,
                 "\\frac{" * 20_000, "\x00\udcff" * 1000, "the " * 300_000]
@@ -326,6 +342,26 @@ def test_json_huge_numbers_and_deep_nesting():
     for text in ['{"n": ' + "9" * 5000 + "}", '{"n": 1e999999}', '{"n": ' + "[" * 900 + "]" * 900 + "}"]:
         verdict = verify("json_schema", text, ex(None, schema=schema))
         assert verdict.reward == 0.0 and not verdict.reason.startswith("verifier error"), verdict
+
+
+def test_json_non_finite_numbers_are_not_json():
+    schema = {"type": "object", "properties": {"age": {"type": "number", "minimum": 0, "maximum": 150}},
+              "required": ["age"]}
+    assert verify("json_schema", '{"age": 36.5}', ex(None, schema=schema)).reward == 1.0
+    for number in ("NaN", "Infinity", "-Infinity", "1e999", "-1e400"):
+        verdict = verify("json_schema", '{"age": %s}' % number, ex(None, schema=schema))
+        assert verdict.reward == 0.0 and verdict.reason.startswith("malformed"), (number, verdict)
+
+
+def test_json_validation_is_stopped_at_the_timeout():
+    """uniqueItems over mixed values is quadratic in one C call: the worker is killed."""
+    example = ex(None, schema={"type": "array", "uniqueItems": True})
+    assert verify("json_schema", "[1, 2]", example).reward == 1.0  # the worker pool is up before the clock starts
+    mixed = json.dumps([x for i in range(5_000) for x in (i, str(i))])  # 68 KB
+    start = time.monotonic()
+    verdict = verify("json_schema", mixed, example, timeout=0.5)
+    assert verdict.reward == 0.0 and "timeout" in verdict.reason and time.monotonic() - start < 3, verdict
+    assert verify("json_schema", "[1, 2]", example).reward == 1.0
 
 
 def test_math_hostile_latex_is_time_bounded():

@@ -1,46 +1,16 @@
 """Mathematical equivalence with ``math-verify`` (LaTeX / plain expressions, boxed answers).
 
-Parsing and comparing run in worker processes (``pebble``) that are killed at the time limit:
-math-verify's own alarm-based timeout cannot interrupt SymPy inside one long C call (``9^{9^{9^9}}``)
-and works in the main thread only. Workers have a memory limit and are started on first use.
+Parsing and comparing run in killable worker processes (``_pool``): math-verify's own alarm-based
+timeout cannot interrupt SymPy inside one long C call (``9^{9^{9^9}}``) and works in the main thread only.
 """
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing
-import os
-import threading
-from concurrent.futures import TimeoutError as FutureTimeout
-
 from . import Verdict, register
+from ._pool import WorkerPool, WorkerTimeout
 
 MAX_CHARS = 100_000     # longer responses are refused before parsing
-WORKER_MEMORY_MB = 4096
-
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _start_worker(memory_mb: int) -> None:
-    import logging
-    import resource
-
-    import math_verify  # noqa: F401  imported here, not inside the first timed call
-
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # its timeouts log the whole input
-    resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-
-
-def _pool_instance():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            from pebble import ProcessPool
-            _pool = ProcessPool(max_workers=os.cpu_count() or 1, initializer=_start_worker,
-                                initargs=(WORKER_MEMORY_MB,), context=multiprocessing.get_context("spawn"))
-            atexit.register(_pool.stop)
-        return _pool
+POOL = WorkerPool(preload=("math_verify",))
 
 
 def equivalent(response: str, answer: str, seconds: int) -> str:
@@ -60,10 +30,8 @@ def math_answer(response: str, example, timeout: float = 10.0) -> Verdict:
     within ``timeout`` seconds (the worker is killed then; math-verify's own limit per step is a third)."""
     if len(response) > MAX_CHARS:
         return Verdict(0.0, f"malformed: response longer than {MAX_CHARS} characters")
-    future = _pool_instance().schedule(equivalent, (response, str(example.answer), max(1, int(timeout / 3))),
-                                       timeout=timeout)
     try:
-        reason = future.result()
-    except FutureTimeout:
-        return Verdict(0.0, f"timeout after {timeout}s")
+        reason = POOL.run(equivalent, (response, str(example.answer), max(1, int(timeout / 3))), timeout)
+    except WorkerTimeout as exc:
+        return Verdict(0.0, str(exc))
     return Verdict(float(reason == "ok"), reason)

@@ -2,7 +2,10 @@
 
 Every query runs on a private in-memory copy of the database, under an authorizer that allows
 reading only (no ATTACH / DETACH, writes, schema changes, PRAGMAs, transactions or extension
-loading), with bounded rows, string length, SQL length and heap, and a wall-clock deadline.
+loading), with bounded rows, string, SQL and LIKE pattern length and heap, and a wall-clock deadline:
+SQLite's progress handler stops a query between steps, and since one step can be one long C call
+(``instr`` or ``LIKE`` on long strings), both queries run in a worker process (``_pool``) that is
+killed if they are not done ``2 * timeout`` seconds after they start.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import time
 from collections import Counter
 
 from . import Verdict, register
+from ._pool import WorkerPool, WorkerTimeout
 
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 _REFUSED_FUNCTIONS = {"load_extension"}
 HEAP_LIMIT = 1 << 30  # bytes; SQLite's hard heap limit is process-wide, so it is only ever lowered to this
+MAX_LIKE_PATTERN = 1000  # bytes of a LIKE or GLOB pattern (SQLite's default is 50000)
+POOL = WorkerPool()
 
 
 class TooManyRows(Exception):
@@ -61,6 +67,7 @@ def run_query(db: str, query: str, timeout: float = 5.0, max_rows: int = 100_000
     try:
         con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_length)
         con.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, max_length)
+        con.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_LIKE_PATTERN)
         con.set_authorizer(_read_only)
         deadline = time.monotonic() + timeout
         con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
@@ -72,22 +79,32 @@ def run_query(db: str, query: str, timeout: float = 5.0, max_rows: int = 100_000
         con.close()
 
 
+def compare(db: str, gold_query: str, query: str, timeout: float, max_rows: int, ordered: bool) -> str:
+    """'ok', 'different result set', 'too many rows: ...' or 'malformed: ...' (runs in a worker);
+    an error in the reference query raises."""
+    gold = run_query(db, gold_query, timeout, max_rows)
+    try:
+        got = run_query(db, query, timeout, max_rows)
+    except sqlite3.Error as exc:
+        return f"malformed: SQL error: {exc}"
+    except TooManyRows as exc:
+        return f"too many rows: {exc}"
+    same = got == gold if ordered else Counter(got) == Counter(gold)
+    return "ok" if same else "different result set"
+
+
 @register("sql")
 def sql_result_set(response: str, example, timeout: float = 5.0, ordered: bool = False,
                    max_rows: int = 100_000) -> Verdict:
     """Reward 1 iff the query returns the same rows as the reference (``example.answer``) on the
     database ``example.meta['db']`` (an SQL script, or the path of an SQLite file); rows compare as
-    a multiset unless ``ordered``. Each query runs on its own read-only copy."""
+    a multiset unless ``ordered``. Each query runs on its own read-only copy, for ``timeout`` seconds."""
     query = extract_sql(response)
     if not query:
         return Verdict(0.0, "malformed: no SQL")
-    db = example.meta["db"]
-    gold = run_query(db, str(example.answer), timeout, max_rows)
+    args = (example.meta["db"], str(example.answer), query, timeout, max_rows, ordered)
     try:
-        got = run_query(db, query, timeout, max_rows)
-    except sqlite3.Error as exc:
-        return Verdict(0.0, f"malformed: SQL error: {exc}")
-    except TooManyRows as exc:
-        return Verdict(0.0, f"too many rows: {exc}")
-    same = got == gold if ordered else Counter(got) == Counter(gold)
-    return Verdict(float(same), "ok" if same else "different result set")
+        reason = POOL.run(compare, args, 2 * timeout)
+    except WorkerTimeout as exc:
+        return Verdict(0.0, str(exc))
+    return Verdict(float(reason == "ok"), reason)
