@@ -48,24 +48,38 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from .demo.experiment import run_demo
     run_demo(out_dir=args.out, cache_dir=args.cache, quick=args.quick, seeds=args.seeds, steps=args.steps,
-             workers=args.workers, engine=args.engine)
+             workers=args.workers, engine=args.engine, retrain=args.retrain_warm_start)
     return 0
 
 
 def cmd_study(args) -> int:
     from .demo.arms import ARMS, STUDY_ARMS
-    from .demo.study import run_study
     from .demo.warmup import WarmupConfig
     unknown = [a for a in args.arms or [] if a not in ARMS]
     if unknown:
         raise SystemExit(f"rlsd study: unknown arms {unknown}; choose from {list(ARMS)}")
-    warmup = WarmupConfig(**({"steps": args.warm_steps} if args.warm_steps else {}))
+    if args.regimes:
+        from .demo.regimes import REGIME_ARMS, STRENGTHS, run_regimes
+        if args.terms != 3 or args.warm_steps or args.retrain_warm_start:
+            raise SystemExit("rlsd study --regimes: runs from the shipped 3-number-sum warm starts only "
+                             "(no --terms, --warm-steps or --retrain-warm-start)")
+        bad = [w for w in args.strengths or [] if w not in STRENGTHS]
+        if bad:
+            raise SystemExit(f"rlsd study: unknown warm starts {bad}; choose from {list(STRENGTHS)}")
+        run_regimes(out=args.out or "docs/study/regimes", runs_dir=args.runs or "rlsd-demo/regimes",
+                    seeds=args.seeds, steps=args.steps, eval_every=args.eval_every or 5, workers=args.workers,
+                    engine=args.engine, arms=tuple(args.arms or REGIME_ARMS),
+                    strengths=tuple(args.strengths or STRENGTHS), report_only=args.report_only)
+        return 0
+    from .demo.study import run_study
+    retrain = args.retrain_warm_start or args.warm_steps or args.terms != 3  # else: the shipped warm start
+    warmup = WarmupConfig(**({"steps": args.warm_steps} if args.warm_steps else {})) if retrain else None
     suffix = "" if args.terms == 3 else f"terms{args.terms}"  # runs of other sums are never reused
     args.out = args.out or os.path.join("docs/study", suffix)
     args.runs = args.runs or ("rlsd-demo/study" + (f"-{suffix}" if suffix else ""))
     run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps,
-              eval_every=args.eval_every, workers=args.workers, engine=args.engine, arms=tuple(args.arms or STUDY_ARMS),
-              warmup=warmup, terms=args.terms, report_only=args.report_only)
+              eval_every=args.eval_every or 10, workers=args.workers, engine=args.engine,
+              arms=tuple(args.arms or STUDY_ARMS), warmup=warmup, terms=args.terms, report_only=args.report_only)
     return 0
 
 
@@ -109,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
     d.add_argument("--engine", choices=["hf", "vllm"], default="hf",
                    help="rollouts (hf: on the training model; no engine start-up per run)")
+    d.add_argument("--retrain-warm-start", action="store_true",
+                   help="train the warm start here (cached) instead of loading the shipped one")
     d.set_defaults(fn=cmd_demo)
 
-    s = sub.add_parser("study", help="GRPO vs OPSD vs RLSD (paper settings and lam = 1), many seeds, paired")
+    s = sub.add_parser("study", help="GRPO vs OPSD vs RLSD (the authors' settings and lam = 1), many seeds, paired")
     s.add_argument("--out", default=None,
                    help="summary, per-step metrics and plots (default docs/study, docs/study/terms<k> for --terms k)")
     s.add_argument("--runs", default=None, help="the runs, finished ones kept and reused (default rlsd-demo/study, "
@@ -119,12 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", default=os.environ.get("RLSD_CACHE", os.path.expanduser("~/.cache/rlsd")))
     s.add_argument("--seeds", type=int, default=8)
     s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--eval-every", type=int, default=10)
+    s.add_argument("--eval-every", type=int, default=None, help="default 10 (--regimes: 5)")
     s.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
     s.add_argument("--engine", choices=["hf", "vllm"], default="hf",
                    help="rollouts (hf: on the training model; no engine start-up per run)")
-    s.add_argument("--arms", nargs="*", help="arms to run and compare (default: the six of the study)")
-    s.add_argument("--warm-steps", type=int, default=0, help="warm-start steps (default: the demo's)")
+    s.add_argument("--arms", nargs="*", help="arms to run and compare (default: the six of the study; "
+                                             "--regimes: grpo, rlsd-authors-trace, rlsd-live-trace, opsd, opsd-lr5e-5)")
+    s.add_argument("--regimes", action="store_true",
+                   help="the regime map: every arm from each shipped warm start, weak to strong (default out "
+                        "docs/study/regimes, runs rlsd-demo/regimes)")
+    s.add_argument("--strengths", nargs="*", help="--regimes: the shipped warm starts to run (default all)")
+    s.add_argument("--warm-steps", type=int, default=0,
+                   help="train a warm start of this many steps here (default: the shipped one)")
+    s.add_argument("--retrain-warm-start", action="store_true",
+                   help="train the demo's warm start here (cached) instead of loading the shipped one")
     s.add_argument("--terms", type=int, default=3, choices=range(2, 6), metavar="{2..5}",
                    help="numbers per sum (harder problems, longer traces; the warm start is trained on them)")
     s.add_argument("--report-only", action="store_true", help="summarise the finished runs, start none")

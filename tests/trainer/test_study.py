@@ -11,16 +11,21 @@ def test_every_arm_is_a_valid_config(tmp_path, arm):
     cfg = config_from_dict(arm_config(arm, 3, str(tmp_path / "m"), str(tmp_path), str(tmp_path / "r"), 50, 10, "hf"))
     cfg.validate()
     assert cfg.train.ppo_mini_batch_size == 4 and cfg.train.prompts_per_step == 16 and cfg.train.seed == 3
-    if arm.startswith("rlsd-paper"):
-        a, t = cfg.algo, cfg.teacher
+    a, t = cfg.algo, cfg.teacher
+    if arm.startswith("rlsd-authors"):  # their example script: lam 0.5 -> 0 over 60 steps, re-sync every 20
+        assert (a.lam, a.lam_schedule, a.lam_warmup_steps, a.lam_decay_steps, a.eps_w) == (0.5, "warmup-decay", 0, 60, 0.2)
+        assert (t.sync, t.sync_every) == ("frozen", 20)
+    if arm.startswith("rlsd-decay50"):
         assert (a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps) == (0.5, "linear", 0.0, 50)
         assert (t.sync, t.sync_every) == ("frozen", 10)
+    if arm.startswith("opsd"):
+        assert a.name == "opsd" and cfg.train.lr == (5e-5 if arm == "opsd-lr5e-5" else 1e-5)
     if arm.startswith("rlsd-live"):
         assert cfg.algo.lam == 1.0 and cfg.teacher.sync == "live"
         assert cfg.algo.eps_w == (float(arm.split("eps")[1]) if "eps" in arm else 0.2)
     if arm.startswith("rlsd"):
         assert cfg.teacher.source == ("answer" if arm.endswith("answer") else "solution")
-    assert (arm in STUDY_ARMS) == ("eps" not in arm)
+    assert (arm in STUDY_ARMS) == ("eps" not in arm and "decay50" not in arm and "lr5e-5" not in arm)
 
 
 def fake_runs(curves: dict) -> dict:
@@ -42,7 +47,7 @@ def test_summary_pairs_by_seed_and_finds_the_step_to_reach_grpo():
     assert grpo_e["final_mean"] == pytest.approx(100 * (0.45 + 0.55) / 2)
     # paired differences: seed 0 +20, seed 1 +15 points -> mean 17.5, se 2.5
     assert fast_e["diff_vs_grpo"] == pytest.approx(17.5) and fast_e["diff_vs_grpo_se"] == pytest.approx(2.5)
-    assert fast_e["wins_vs_grpo"] == 2
+    assert fast_e["wins_vs_grpo"] == 2 and fast_e["ties_vs_grpo"] == 0
     assert fast_e["steps_to_grpo_final"] == 10 and grpo_e["steps_to_grpo_final"] == 30
     assert fast_e["steps_to_grpo_final_per_seed"] == [10, 20]
     assert fast_e["credit_clip_frac_run_mean"] == pytest.approx(0.1)
@@ -93,3 +98,100 @@ def test_study_runs_take_the_harder_sums_budget(tmp_path):
     cfg = config_from_dict(arm_config("grpo", 0, str(tmp_path / "m"), str(tmp_path), str(tmp_path / "r"), 50, 10,
                                       "hf", extra))
     assert cfg.rollout.max_new_tokens == 44 and cfg.rollout.n == 8
+
+
+def regime_records(points: dict, clip=None) -> list:
+    """metrics.jsonl records with eval_accuracy at the given steps (and a constant clip diagnostic)."""
+    return [{"step": t, "eval_accuracy": v, **({"credit_clip_frac": clip, "credited_frac": 0.5} if clip and t else {})}
+            for t, v in points.items()]
+
+
+def test_run_scores_final_auc_reach_and_both_clip_denominators():
+    from rlsd.demo.regimes import run_scores, threshold
+    assert threshold(0.4) == pytest.approx(0.6)
+    records = regime_records({0: 0.4, 5: 0.5, 10: 0.7, 15: 0.8, 20: 0.8}, clip=0.04)
+    s = run_scores(records, 0.6, steps=20, tail=2)
+    assert s.final == pytest.approx(80.0) and s.reach == 10
+    # trapezoids: (0.45 + 0.6 + 0.75 + 0.8) * 5 / 20
+    assert s.auc == pytest.approx(100 * (0.45 + 0.6 + 0.75 + 0.8) / 4)
+    assert s.clip_credited == pytest.approx(4.0) and s.clip_all == pytest.approx(2.0)
+    assert run_scores(records, 0.9, 20, 2).reach is None and run_scores(records, 0.9, 20, 2).clip_credited == 4.0
+    with pytest.raises(ValueError, match="evaluations at steps 0 and 30"):
+        run_scores(records, 0.6, steps=30, tail=2)
+
+
+def test_paired_interval_and_minimum_detectable_effect():
+    from scipy import stats
+    from rlsd.demo.regimes import paired
+    d = [1.0, 2.0, 0.0, 1.0, -1.0, 0.0, 3.0, 2.0]
+    p = paired(d)
+    se = stats.tstd(d) / 8 ** 0.5
+    assert p.mean == pytest.approx(1.0) and p.hi - p.mean == pytest.approx(stats.t.ppf(0.975, 7) * se)
+    assert p.mde == pytest.approx((2.3646 + 0.8960) * se, rel=1e-3)
+    assert (p.wins, p.ties, p.losses) == (5, 2, 1)
+
+
+def test_regime_summary_pairs_by_seed_and_censors_unreached_runs():
+    from rlsd.demo.regimes import summarize_strength
+    up = {0: 0.4, 5: 0.7, 10: 0.8}
+    flat = {0: 0.4, 5: 0.4, 10: 0.5}
+    runs = {"grpo": {0: regime_records(flat), 1: regime_records(flat), 2: regime_records(up)},
+            "rlsd-authors-trace": {0: regime_records(up, clip=0.02), 1: regime_records(up, clip=0.02),
+                                   2: regime_records(up, clip=0.02)}}
+    reg = summarize_strength(runs, 0.4, steps=10, eval_every=5, tail=1)
+    assert reg["threshold"] == pytest.approx(60.0)
+    e = reg["arms"]["rlsd-authors-trace"]
+    assert e.vs_grpo["final"].mean == pytest.approx(100 * 0.3 * 2 / 3)
+    assert (e.vs_grpo["final"].wins, e.vs_grpo["final"].ties) == (2, 1)
+    # grpo seeds 0 and 1 never reach 60%: censored at steps + eval_every = 15; rlsd reaches it at 5
+    assert e.vs_grpo["reach"].mean == pytest.approx((-10 - 10 + 0) / 3)
+    assert reg["arms"]["grpo"].reached == 1 and e.reached == 3 and e.clip_all == pytest.approx(1.0)
+
+
+def test_shipped_warm_start_checks_its_sha256(tmp_path):
+    import json
+    from rlsd.demo.shipped import WarmStartError, closest, sha256_file, shipped_warm_start
+    assert closest({50: 0.1, 100: 0.28, 150: 0.33, 200: 0.9}, {"a": 0.3, "b": 0.87}) == {"a": 100, "b": 200}
+    (tmp_path / "w30").mkdir()
+    (tmp_path / "w30" / "model.safetensors").write_bytes(b"weights")
+    entry = {"step": 100, "accuracy": {"plain": 0.3}, "sha256": sha256_file(str(tmp_path / "w30" / "model.safetensors"))}
+    (tmp_path / "manifest.json").write_text(json.dumps({"curve": {}, "config": {}, "warm_starts": {"w30": entry}}))
+    path, info = shipped_warm_start("w30", str(tmp_path))
+    assert path == str(tmp_path / "w30") and info["step"] == 100
+    with pytest.raises(WarmStartError, match="unknown warm start 'w99'"):
+        shipped_warm_start("w99", str(tmp_path))
+    (tmp_path / "w30" / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(WarmStartError, match="sha256"):
+        shipped_warm_start("w30", str(tmp_path))
+
+
+def test_the_shipped_warm_starts_match_their_manifest():
+    """Every checkpoint in the repository loads with the sha256 its manifest records."""
+    from rlsd.demo.shipped import DEMO, TARGETS, manifest, shipped_warm_start
+    m = manifest()
+    assert set(m["warm_starts"]) == set(TARGETS) and DEMO in TARGETS
+    for name in TARGETS:
+        path, info = shipped_warm_start(name)
+        assert abs(info["accuracy"]["plain"] - TARGETS[name]) < 0.1, name
+
+
+def test_summary_counts_ties_apart_from_losses():
+    steps = (0, 10)
+    grpo = {0: {0: 0.2, 10: 0.5}, 1: {0: 0.2, 10: 0.5}}
+    same = {0: {0: 0.2, 10: 0.5}, 1: {0: 0.2, 10: 0.4}}
+    e = summarize(fake_runs({"grpo": grpo, "same": same}), tail=1)["arms"]["same"]
+    assert (e["wins_vs_grpo"], e["ties_vs_grpo"]) == (0, 1)
+    assert "0/1/1" in summary_text(summarize(fake_runs({"grpo": grpo, "same": same}), tail=1),
+                                   {"plain": 0.2, "answer": 0.9, "solution": 0.95})
+
+
+def test_regimes_command_reports_from_the_shipped_warm_starts(tmp_path):
+    import json
+    from rlsd.cli import main
+    out = tmp_path / "out"
+    assert main(["study", "--regimes", "--report-only", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["warm_starts"]) == {"w30", "w55", "w75", "w87"} and summary["strengths"] == {}
+    assert summary["settings"]["eval_every"] == 5 and "opsd-lr5e-5" in summary["settings"]["arms"]
+    with pytest.raises(SystemExit, match="unknown warm starts"):
+        main(["study", "--regimes", "--strengths", "w99"])

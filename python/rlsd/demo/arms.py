@@ -2,12 +2,17 @@
 rollout batch, PPO mini-batches of 4 prompts, one thread) and the arms compared, each a config overlay.
 
     grpo                 lam = 0
-    opsd                 on-policy self-distillation (worked trace in context), no reward
-    rlsd-paper-answer    lam 0.5 -> 0 linearly over 50 steps, teacher copy re-synced every 10 steps,
-    rlsd-paper-trace       with the answer / the worked trace as privileged context
+    opsd                 on-policy self-distillation (worked trace in context), no reward, lr 1e-5
+    rlsd-authors-answer  the authors' settings (their example script): lam 0.5 decaying linearly to 0
+    rlsd-authors-trace     over 60 steps (no warmup), a frozen copy of the start re-synced every 20
+                           steps, eps_w 0.2; the answer / the worked trace as privileged context
     rlsd-live-answer     lam = 1, live teacher (the current weights)
     rlsd-live-trace
-    rlsd-live-trace-eps0.5, -eps0.9   (extra: a wider credit clip eps_w; not in the default study)
+extra (not in the default study):
+    opsd-lr5e-5          OPSD at GRPO's learning rate
+    rlsd-decay50-answer  the settings of the study recorded before the authors' schedule was
+    rlsd-decay50-trace     reachable: lam 0.5 -> 0 over 50 steps, re-synced every 10 steps
+    rlsd-live-trace-eps0.5, -eps0.9   a wider credit clip eps_w
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from .task import ANSWER_PATTERN, TEMPLATES
 RL = {"rollout": {"n": 8, "max_new_tokens": 32, "temperature": 1.0},
       "train": {"prompts_per_step": 16, "micro_batch_size": 128, "ppo_mini_batch_size": 4, "lr": 5e-5,
                 "grad_clip": 1.0, "threads": 1, "progress": False}}
-PAPER = {"lam": 0.5, "lam_schedule": "linear", "lam_end": 0.0, "lam_decay_steps": 50}
+AUTHORS = {"lam": 0.5, "lam_schedule": "warmup-decay", "lam_warmup_steps": 0, "lam_decay_steps": 60, "eps_w": 0.2}
+AUTHORS_SYNC = 20
+DECAY50 = {"lam": 0.5, "lam_schedule": "linear", "lam_end": 0.0, "lam_decay_steps": 50}
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -29,20 +36,25 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _teacher(source: str, sync: str = "live") -> dict:
-    return {"source": source, "template": TEMPLATES[source], "sync": sync, "sync_every": 10}
+def _teacher(source: str, sync: str = "live", every: int = 10) -> dict:
+    return {"source": source, "template": TEMPLATES[source], "sync": sync, "sync_every": every}
 
 
 ARMS = {
     "grpo": {"algo": {"name": "grpo"}},
     "opsd": {"algo": {"name": "opsd", "dynamic_sampling": False}, "train": {"lr": 1e-5},
              "teacher": _teacher("solution")},
-    "rlsd-paper-answer": {"algo": {"name": "rlsd", **PAPER}, "teacher": _teacher("answer", "frozen")},
-    "rlsd-paper-trace": {"algo": {"name": "rlsd", **PAPER}, "teacher": _teacher("solution", "frozen")},
+    "rlsd-authors-answer": {"algo": {"name": "rlsd", **AUTHORS}, "teacher": _teacher("answer", "frozen", AUTHORS_SYNC)},
+    "rlsd-authors-trace": {"algo": {"name": "rlsd", **AUTHORS}, "teacher": _teacher("solution", "frozen", AUTHORS_SYNC)},
     "rlsd-live-answer": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("answer")},
     "rlsd-live-trace": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("solution")},
 }
 STUDY_ARMS = tuple(ARMS)
+ARMS.update({
+    "opsd-lr5e-5": merge(ARMS["opsd"], {"train": {"lr": 5e-5}}),
+    "rlsd-decay50-answer": {"algo": {"name": "rlsd", **DECAY50}, "teacher": _teacher("answer", "frozen")},
+    "rlsd-decay50-trace": {"algo": {"name": "rlsd", **DECAY50}, "teacher": _teacher("solution", "frozen")},
+})
 ARMS.update({f"rlsd-live-trace-eps{eps}": {"algo": {"name": "rlsd", "lam": 1.0, "eps_w": eps},
                                            "teacher": _teacher("solution")} for eps in (0.5, 0.9)})
 

@@ -1,7 +1,7 @@
-"""``rlsd demo``: GRPO, OPSD and RLSD with the paper's settings (answer-only and worked-trace
-privileged context) from the same warm start, for the same number of steps, on several seeds; a
-table and a plot of held-out accuracy against step. The runs are the study's (arms.py): the demo's
-seeds 0-2 are the study's seeds 0-2, run for run.
+"""``rlsd demo``: GRPO, OPSD and RLSD with the authors' settings (answer-only and worked-trace
+privileged context) from the shipped warm start (shipped.py: the same weights on every machine),
+for the same number of steps, on several seeds; a table and a plot of held-out accuracy against
+step. The runs are the study's (arms.py): the demo's seeds 0-2 are the study's seeds 0-2, run for run.
 
 Every run is a plain ``rlsd train CONFIG.yaml`` subprocess with one thread (two one-thread runs do
 more work on two cores than one two-thread run); the configs, data and metrics stay in the output
@@ -26,10 +26,11 @@ from ..data import write_jsonl
 from ..metrics import read_jsonl
 from .arms import arm_config
 from .task import make_split
+from .shipped import shipped_warm_start
 from .warmup import WarmupConfig, warm_start
 
 HELDOUT_SEED, TRAIN_SEED = 12345, 777
-METHODS = ("grpo", "opsd", "rlsd-paper-answer", "rlsd-paper-trace")
+METHODS = ("grpo", "opsd", "rlsd-authors-answer", "rlsd-authors-trace")
 
 
 def _run(job, cores: queue.Queue) -> tuple:
@@ -120,7 +121,10 @@ def plot_curves(curves: dict, warm: float, path: str) -> None:
 
 
 def run_demo(out_dir: str = "rlsd-demo", cache_dir: str = "~/.cache/rlsd", quick: bool = False, seeds=None,
-             steps=None, workers: int = 2, engine: str = "hf", methods=METHODS, log=print) -> dict:
+             steps=None, workers: int = 2, engine: str = "hf", methods=METHODS, retrain: bool = False,
+             log=print) -> dict:
+    """The demo's runs from the shipped warm start (``retrain``: one trained here, cached), a table
+    and a plot in ``out_dir``."""
     t0 = time.perf_counter()
     engine = engine or default_engine()
     seeds = seeds or (2 if quick else 3)
@@ -137,7 +141,10 @@ def run_demo(out_dir: str = "rlsd-demo", cache_dir: str = "~/.cache/rlsd", quick
 
     import torch
     torch.set_num_threads(1)
-    model_dir, info = warm_start(os.path.expanduser(cache_dir), heldout, WarmupConfig(), log=log)
+    if retrain:
+        model_dir, info = warm_start(os.path.expanduser(cache_dir), heldout, WarmupConfig(), log=log)
+    else:
+        model_dir, info = shipped_warm_start()
     warm = info["accuracy"]["plain"]
     log(f"warm start: {model_dir} (step {info['step']}, fingerprint {info['fingerprint'][:16]}): held-out greedy "
         f"accuracy {100 * warm:.1f}% ({100 * info['accuracy']['answer']:.1f}% with the answer in context, "

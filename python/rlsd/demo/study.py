@@ -14,6 +14,7 @@ import queue
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import yaml
 
@@ -23,6 +24,7 @@ from .anatomy import anatomy_report
 from .arms import ARMS, RL, STUDY_ARMS, arm_config, merge
 from .experiment import HELDOUT_SEED, TRAIN_SEED, _run, default_engine
 from .task import make_split, response_tokens
+from .shipped import shipped_warm_start
 from .warmup import WarmupConfig, deterministic, warm_start
 
 DIAGNOSTICS = ("reward_mean", "accuracy", "credit_clip_low_frac", "credit_clip_high_frac", "credit_clip_frac",
@@ -83,7 +85,7 @@ def summarize(runs: dict, tail: int = 3) -> dict:
             if a != "grpo" and paired:
                 d = [100 * (final[a][s] - final["grpo"][s]) for s in paired]
                 entry["diff_vs_grpo"], entry["diff_vs_grpo_se"] = mean_se(d)
-                entry["wins_vs_grpo"] = sum(x > 0 for x in d)
+                entry["wins_vs_grpo"], entry["ties_vs_grpo"] = sum(x > 0 for x in d), sum(x == 0 for x in d)
         for key in DIAGNOSTICS:
             xs = [r[key] for s in seeds for r in runs[a][s] if key in r and r["step"] > 0]
             if xs:
@@ -104,13 +106,14 @@ def summary_text(summary: dict, warm: dict) -> str:
     for t in steps:
         lines.append(f"{t:>5} | " + " | ".join(f"{arms[a]['curve'][t]:>17.1f}" for a in arms))
     lines += ["", f"final = mean of the evaluations at steps {summary['final_steps']}; differences paired by seed",
-              f"{'arm':>17} | {'n':>2} | {'final (+- se)':>13} | {'vs grpo (+- se)':>15} | {'wins':>4} | "
+              f"{'arm':>17} | {'n':>2} | {'final (+- se)':>13} | {'vs grpo (+- se)':>15} | {'W/T/L':>5} | "
               f"{'reach grpo final':>16} | {'peak (step)':>11} | {'clip lo/hi %':>12} | {'delta m/sd':>11} | "
               f"{'entropy':>7} | {'ppo clip %':>10}"]
     for a, e in arms.items():
         n = len(e["steps_to_grpo_final_per_seed"]) if "steps_to_grpo_final_per_seed" in e else 0
         diff = f"{e['diff_vs_grpo']:+.1f} +- {e['diff_vs_grpo_se']:.1f}" if "diff_vs_grpo" in e else ""
-        wins = f"{e['wins_vs_grpo']}/{n}" if "wins_vs_grpo" in e else ""
+        wins = (f"{e['wins_vs_grpo']}/{e['ties_vs_grpo']}/{n - e['wins_vs_grpo'] - e['ties_vs_grpo']}"
+                if "wins_vs_grpo" in e else "")
         clip = (f"{100 * e['credit_clip_low_frac_run_mean']:.1f}/{100 * e['credit_clip_high_frac_run_mean']:.1f}"
                 if "credit_clip_low_frac_run_mean" in e else "")
         delta = (f"{e['delta_mean_run_mean']:+.2f}/{e['delta_std_run_mean']:.2f}"
@@ -118,7 +121,7 @@ def summary_text(summary: dict, warm: dict) -> str:
         ent = f"{e['entropy_mean_run_mean']:.3f}" if "entropy_mean_run_mean" in e else ""
         ppo = f"{100 * e['ppo_clip_frac_run_mean']:.2f}" if "ppo_clip_frac_run_mean" in e else ""
         reach = e.get("steps_to_grpo_final")
-        lines.append(f"{a:>17} | {len(e['seeds']):>2} | {e['final_mean']:>6.1f} +- {e['final_se']:.1f} | {diff:>15} | {wins:>4} | "
+        lines.append(f"{a:>17} | {len(e['seeds']):>2} | {e['final_mean']:>6.1f} +- {e['final_se']:.1f} | {diff:>15} | {wins:>5} | "
                      f"{'-' if reach is None else reach:>16} | {e['peak']:>5.1f} ({e['peak_step']:>2}) | {clip:>12} | "
                      f"{delta:>11} | {ent:>7} | {ppo:>10}")
     return "\n".join(lines)
@@ -173,11 +176,12 @@ def plot_study(runs: dict, summary: dict, path: str) -> None:
 # ------------------------------------------------------------------------------------- running
 def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_dir: str = "~/.cache/rlsd",
               seeds: int = 8, steps: int = 50, eval_every: int = 10, workers: int = 2, engine: str = "hf",
-              arms=STUDY_ARMS, warmup: WarmupConfig = WarmupConfig(), terms: int = 3, report_only: bool = False,
+              arms=STUDY_ARMS, warmup: Optional[WarmupConfig] = None, terms: int = 3, report_only: bool = False,
               log=print) -> dict:
     """The study: one warm start on ``terms``-number sums, then every arm x seed from it (finished
     runs are kept), a paired summary against GRPO, per-step metrics, plots and the clip anatomy in
-    ``out``."""
+    ``out``. The warm start is the shipped one (shipped.py) unless ``warmup`` asks for one trained
+    here (always for ``terms`` != 3)."""
     t0 = time.perf_counter()
     engine = engine or default_engine()
     runs_dir, out = os.path.abspath(runs_dir), os.path.abspath(out)
@@ -186,11 +190,14 @@ def run_study(out: str = "docs/study", runs_dir: str = "rlsd-demo/study", cache_
     os.makedirs(out, exist_ok=True)
     heldout = make_split(200, HELDOUT_SEED, k=terms)
     train = make_split(5000, TRAIN_SEED, k=terms, exclude={e.prompt for e in heldout})
-    warmup = dataclasses.replace(warmup, terms=terms, max_new_tokens=response_tokens(terms))
     rollout = {"rollout": {"max_new_tokens": response_tokens(terms)}}
     write_jsonl(os.path.join(data_dir, "eval.jsonl"), [e.to_row() for e in heldout])
     write_jsonl(os.path.join(data_dir, "train.jsonl"), [e.to_row() for e in train])
-    model_dir, info = warm_start(os.path.expanduser(cache_dir), heldout, warmup, log=log)
+    if warmup is None and terms == 3:
+        model_dir, info = shipped_warm_start()
+    else:
+        warmup = dataclasses.replace(warmup or WarmupConfig(), terms=terms, max_new_tokens=response_tokens(terms))
+        model_dir, info = warm_start(os.path.expanduser(cache_dir), heldout, warmup, log=log)
     log(f"warm start {model_dir}: {100 * info['accuracy']['plain']:.1f}% (fingerprint {info['fingerprint'][:16]})")
     if not report_only:
         _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_dir, runs_dir, rollout, log)

@@ -104,8 +104,9 @@ def warm_start(cache_dir: str, heldout: list, cfg: WarmupConfig = WarmupConfig()
     return path, info
 
 
-def train_warm_start(heldout: list, cfg: WarmupConfig, log=print) -> tuple:
-    """(model, tokenizer, info) after ``cfg.steps`` supervised steps."""
+def train_warm_start(heldout: list, cfg: WarmupConfig, log=print, on_eval=None) -> tuple:
+    """(model, tokenizer, info) after ``cfg.steps`` supervised steps; ``on_eval(step, model, tok,
+    accuracy)`` after each held-out evaluation along the way stops the run early if it returns true."""
     tok = char_tokenizer(ALPHABET)
     model = tiny_qwen3(len(tok), seed=cfg.seed)
     engine = HFEngine(model, tok)
@@ -133,10 +134,12 @@ def train_warm_start(heldout: list, cfg: WarmupConfig, log=print) -> tuple:
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             curve[step] = accuracy(engine, tok, heldout, cfg.max_new_tokens)
             log(f"warm start step {step}: loss {loss.item():.3f}  held-out greedy accuracy {curve[step]:.3f}")
+            if on_eval is not None and on_eval(step, model, tok, curve[step]):
+                break
     acc = {source: accuracy(engine, tok, heldout if source == "plain" else [with_prefix(e, source) for e in heldout],
                             cfg.max_new_tokens) for source in ("plain", "answer", "solution")}
-    curve[cfg.steps] = acc["plain"]
-    info = {"step": cfg.steps, "seconds": time.perf_counter() - t0, "accuracy": acc,
+    curve[step] = acc["plain"]
+    info = {"step": step, "seconds": time.perf_counter() - t0, "accuracy": acc,
             "curve": {str(step): a for step, a in curve.items()},  # as the cached JSON reads back
             "fingerprint": fingerprint(model), "config": asdict(cfg)}
     return model, tok, info

@@ -1,0 +1,299 @@
+"""``rlsd study --regimes``: RLSD against GRPO as a function of how much the warm start leaves to learn.
+
+Every arm of ``REGIME_ARMS`` runs from each shipped warm start (shipped.py: snapshots of one
+supervised run, weak to strong) on seeds 0..n-1, evaluated every few steps. Per run:
+
+    final   mean held-out accuracy of the last ``tail`` evaluations (%)
+    auc     area under the accuracy curve over [0, steps], divided by steps (trapezoids; %)
+    reach   first evaluated step with accuracy >= threshold = warm + (1 - warm) / 3 (a third of
+            what the warm start leaves to learn); a run that never reaches it counts as
+            steps + eval_every (censored; the count is reported)
+    clip    mean credit-clip fraction over the run, on credited tokens (A != 0: the kernel's
+            ``credit_clip_frac``) and on all response tokens of the rollout (x ``credited_frac``)
+
+Differences from GRPO are paired by seed, with a t interval (95%) and the minimum detectable
+effect of the design, (t_0.975 + t_0.80) sd / sqrt(n): the true mean difference a paired t-test
+at 5% would find with 80% power. Finished runs are kept, so the command resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import yaml
+
+from ..data import write_jsonl
+from ..metrics import read_jsonl
+from .arms import ARMS, arm_config
+from .experiment import HELDOUT_SEED, TRAIN_SEED, _run
+from .shipped import TARGETS, shipped_warm_start
+from .study import curve
+from .task import make_split
+
+REGIME_ARMS = ("grpo", "rlsd-authors-trace", "rlsd-live-trace", "opsd", "opsd-lr5e-5")
+STRENGTHS = tuple(TARGETS)
+
+
+def threshold(warm: float) -> float:
+    """The accuracy a run must reach: a third of the way from the warm start to 100%."""
+    return warm + (1.0 - warm) / 3
+
+
+@dataclass
+class RunScores:
+    """One run's scores (accuracies in %)."""
+    final: float
+    auc: float
+    reach: Optional[int]                  # None: never reached within the run
+    clip_credited: Optional[float] = None  # credit-clip fraction of tokens with A != 0 (%)
+    clip_all: Optional[float] = None       # ... of all response tokens of the rollout (%)
+
+
+def run_scores(records: list, thr: float, steps: int, tail: int) -> RunScores:
+    points = curve(records)
+    ts = sorted(t for t in points if t <= steps)
+    if not ts or ts[0] != 0 or ts[-1] != steps:
+        raise ValueError(f"a run needs evaluations at steps 0 and {steps}, got {ts[:3]}...{ts[-3:]}")
+    auc = sum((b - a) * (points[a] + points[b]) / 2 for a, b in zip(ts, ts[1:])) / steps
+    reach = next((t for t in ts if points[t] >= thr - 1e-12), None)
+    clip = [(r["credit_clip_frac"], r["credit_clip_frac"] * r["credited_frac"])
+            for r in records if r["step"] > 0 and "credit_clip_frac" in r and "credited_frac" in r]
+    return RunScores(final=100 * statistics.fmean(points[t] for t in ts[-tail:]), auc=100 * auc, reach=reach,
+                     clip_credited=100 * statistics.fmean(c for c, _ in clip) if clip else None,
+                     clip_all=100 * statistics.fmean(a for _, a in clip) if clip else None)
+
+
+@dataclass
+class Paired:
+    """A paired difference (arm - grpo) over ``n`` seeds."""
+    n: int
+    mean: float
+    sd: float
+    lo: float                 # 95% t interval
+    hi: float
+    mde: float                # minimum detectable effect (5% two-sided, 80% power)
+    wins: int
+    ties: int
+    losses: int
+
+
+def paired(diffs: list) -> Paired:
+    from scipy import stats
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else float("nan")
+    se = sd / n ** 0.5
+    t975 = stats.t.ppf(0.975, n - 1) if n > 1 else float("nan")
+    mde = (t975 + stats.t.ppf(0.80, n - 1)) * se if n > 1 else float("nan")
+    return Paired(n, mean, sd, mean - t975 * se, mean + t975 * se, mde, sum(d > 0 for d in diffs),
+                  sum(d == 0 for d in diffs), sum(d < 0 for d in diffs))
+
+
+@dataclass
+class ArmSummary:
+    seeds: list
+    final_mean: float
+    final_sd: float
+    auc_mean: float
+    reached: int                          # seeds that reached the threshold
+    reach_median: Optional[float]         # over the seeds that reached it
+    clip_credited: Optional[float] = None
+    clip_all: Optional[float] = None
+    vs_grpo: dict = field(default_factory=dict)  # metric -> Paired
+    curve: dict = field(default_factory=dict)    # step -> mean accuracy (%)
+    per_seed: dict = field(default_factory=dict)  # seed -> RunScores
+
+
+def summarize_strength(runs: dict, warm: float, steps: int, eval_every: int, tail: int) -> dict:
+    """``runs[arm][seed] = records`` from one warm start -> {arm: ArmSummary}."""
+    thr = threshold(warm)
+    scores = {a: {s: run_scores(r, thr, steps, tail) for s, r in per.items()} for a, per in runs.items()}
+    out = {}
+    for a, per in scores.items():
+        seeds = sorted(per)
+        finals = [per[s].final for s in seeds]
+        reached = [per[s].reach for s in seeds if per[s].reach is not None]
+        clips = [(per[s].clip_credited, per[s].clip_all) for s in seeds if per[s].clip_credited is not None]
+        curves = [curve(runs[a][s]) for s in seeds]
+        common = sorted(set.intersection(*[set(c) for c in curves]))
+        e = ArmSummary(seeds=seeds, final_mean=statistics.fmean(finals),
+                       final_sd=statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                       auc_mean=statistics.fmean(per[s].auc for s in seeds), reached=len(reached),
+                       reach_median=statistics.median(reached) if reached else None,
+                       clip_credited=statistics.fmean(c for c, _ in clips) if clips else None,
+                       clip_all=statistics.fmean(x for _, x in clips) if clips else None,
+                       curve={t: 100 * statistics.fmean(c[t] for c in curves) for t in common}, per_seed=per)
+        if a != "grpo" and "grpo" in scores:
+            both = [s for s in seeds if s in scores["grpo"]]
+            g = scores["grpo"]
+            censor = steps + eval_every
+            if len(both) > 1:
+                e.vs_grpo = {
+                    "final": paired([per[s].final - g[s].final for s in both]),
+                    "auc": paired([per[s].auc - g[s].auc for s in both]),
+                    "reach": paired([(per[s].reach or censor) - (g[s].reach or censor) for s in both]),
+                }
+        out[a] = e
+    return {"warm": 100 * warm, "threshold": 100 * thr, "arms": out}
+
+
+def load_regime_runs(runs_dir: str, strength: str, arms, seeds: int) -> dict:
+    runs = {}
+    for arm in arms:
+        for seed in range(seeds):
+            d = os.path.join(runs_dir, strength, arm, f"seed{seed}")
+            if os.path.exists(os.path.join(d, "done")):
+                runs.setdefault(arm, {})[seed] = read_jsonl(os.path.join(d, "metrics.jsonl"))
+    return runs
+
+
+def _fmt(p: Optional[Paired], digits: int = 1) -> str:
+    if p is None:
+        return ""
+    return f"{p.mean:+.{digits}f} [{p.lo:+.{digits}f}, {p.hi:+.{digits}f}] mde {p.mde:.{digits}f}"
+
+
+def regimes_text(summary: dict) -> str:
+    lines = []
+    for name, reg in summary["strengths"].items():
+        lines += ["", f"{name}: warm start {reg['warm']:.1f}%, reach threshold {reg['threshold']:.1f}%",
+                  f"{'arm':>18} | {'n':>2} | {'final':>12} | {'auc':>5} | {'reached':>7} | {'reach med':>9} | "
+                  f"{'clip %: A!=0 / all':>18} | {'final - grpo [95% CI] mde':>30} | {'W/T/L':>6} | "
+                  f"{'auc - grpo [95% CI] mde':>28} | {'reach - grpo [95% CI]':>28}"]
+        for a, e in reg["arms"].items():
+            v = e["vs_grpo"]
+            clip = f"{e['clip_credited']:.2f} / {e['clip_all']:.2f}" if e["clip_credited"] is not None else ""
+            wtl = f"{v['final']['wins']}/{v['final']['ties']}/{v['final']['losses']}" if v else ""
+            reach = "-" if e["reach_median"] is None else f"{e['reach_median']:.0f}"
+            lines.append(
+                f"{a:>18} | {len(e['seeds']):>2} | {e['final_mean']:>5.1f} +- {e['final_sd']:>3.1f} | "
+                f"{e['auc_mean']:>5.1f} | {e['reached']:>3}/{len(e['seeds']):<3} | {reach:>9} | {clip:>18} | "
+                f"{_fmt(v.get('final')):>30} | {wtl:>6} | {_fmt(v.get('auc')):>28} | {_fmt(v.get('reach'), 0):>28}")
+    return "\n".join(lines).lstrip("\n")
+
+
+def write_scores_csv(summary: dict, path: str) -> None:
+    """One row per run: warm start, arm, seed and its scores."""
+    import csv
+    keys = [f.name for f in dataclasses.fields(RunScores)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["warm_start", "arm", "seed"] + keys)
+        for name, reg in summary["strengths"].items():
+            for a, e in reg["arms"].items():
+                for seed, sc in e["per_seed"].items():
+                    w.writerow([name, a, seed] + ["" if sc[k] is None else sc[k] for k in keys])
+
+
+def plot_regimes(summary: dict, path: str) -> None:
+    """Top: accuracy curves per warm start (mean over seeds); bottom: paired final and AUC
+    differences from GRPO (95% intervals) against the warm start's accuracy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regs = summary["strengths"]
+    arms = list(dict.fromkeys(a for r in regs.values() for a in r["arms"]))
+    fig, axes = plt.subplots(2, max(len(regs), 2), figsize=(4 * max(len(regs), 2), 8))
+    for ax, (name, reg) in zip(axes[0], regs.items()):
+        for i, a in enumerate(arms):
+            if a in reg["arms"]:
+                c = reg["arms"][a]["curve"]
+                ax.plot([int(t) for t in c], list(c.values()), label=a, color=f"C{i}")
+        ax.axhline(reg["threshold"], color="grey", ls=":", lw=1)
+        ax.set_title(f"{name}: warm start {reg['warm']:.1f}%")
+        ax.set_xlabel("RL step")
+    axes[0][0].set_ylabel("held-out greedy accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    for ax, metric in zip(axes[1], ("final", "auc")):
+        for i, a in enumerate(arms):
+            pts = [(r["warm"], r["arms"][a]["vs_grpo"][metric]) for r in regs.values()
+                   if a in r["arms"] and r["arms"][a]["vs_grpo"]]
+            if not pts:
+                continue
+            x = [w + 0.6 * (i - len(arms) / 2) for w, _ in pts]
+            y = [p["mean"] for _, p in pts]
+            err = [[p["mean"] - p["lo"] for _, p in pts], [p["hi"] - p["mean"] for _, p in pts]]
+            ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=a, color=f"C{i}")
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_title(f"{metric} accuracy - grpo (points, paired, 95% CI)")
+        ax.set_xlabel("warm-start held-out accuracy (%)")
+    for ax in axes[1][2:]:
+        ax.axis("off")
+    axes[1][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_regimes(out: str = "docs/study/regimes", runs_dir: str = "rlsd-demo/regimes", seeds: int = 8,
+                steps: int = 50, eval_every: int = 5, workers: int = 2, engine: str = "hf", arms=REGIME_ARMS,
+                strengths=STRENGTHS, tail: int = 3, report_only: bool = False, log=print) -> dict:
+    """Every arm x strength x seed (seed-major, so whatever has finished forms whole seeds), then
+    the summary (``summary.json``, ``summary.txt``) and ``regimes.png`` in ``out``."""
+    t0 = time.perf_counter()
+    runs_dir, out = os.path.abspath(runs_dir), os.path.abspath(out)
+    data_dir = os.path.join(runs_dir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
+    heldout = make_split(200, HELDOUT_SEED)
+    write_jsonl(os.path.join(data_dir, "eval.jsonl"), [e.to_row() for e in heldout])
+    write_jsonl(os.path.join(data_dir, "train.jsonl"),
+                [e.to_row() for e in make_split(5000, TRAIN_SEED, exclude={e.prompt for e in heldout})])
+    warm = {name: shipped_warm_start(name) for name in strengths}
+    for name, (_, info) in warm.items():
+        log(f"warm start {name}: step {info['step']}, {100 * info['accuracy']['plain']:.1f}% (sha256 {info['sha256'][:16]})")
+    if not report_only:
+        jobs = []
+        for seed in range(seeds):
+            for name in strengths:
+                for arm in arms:
+                    run_dir = os.path.join(runs_dir, name, arm, f"seed{seed}")
+                    if os.path.exists(os.path.join(run_dir, "done")):
+                        continue
+                    os.makedirs(run_dir, exist_ok=True)
+                    cfg_path = os.path.join(run_dir, "config.yaml")
+                    with open(cfg_path, "w") as f:
+                        yaml.safe_dump(arm_config(arm, seed, warm[name][0], data_dir, run_dir, steps, eval_every,
+                                                  engine), f)
+                    jobs.append((cfg_path, os.path.join(run_dir, "train.log")))
+        log(f"{len(jobs)} runs to do ({len(strengths)} warm starts x {len(arms)} arms x {seeds} seeds x {steps} "
+            f"steps), {workers} at a time")
+        cores = queue.Queue()
+        for i in range(workers):
+            cores.put(str(i % (os.cpu_count() or 1)))
+        with ThreadPoolExecutor(workers) as pool:
+            for cfg_path, code, secs in pool.map(lambda job: _run(job, cores), jobs):
+                run_dir = os.path.dirname(cfg_path)
+                log(f"  {os.path.relpath(run_dir, runs_dir)}: {'ok' if code == 0 else f'FAILED ({code})'} in {secs:.0f}s")
+                if code == 0:
+                    open(os.path.join(run_dir, "done"), "w").close()
+    summary = {"settings": {"seeds": seeds, "steps": steps, "eval_every": eval_every, "tail": tail,
+                            "workers": workers, "engine": engine, "arms": {a: ARMS[a] for a in arms}},
+               "warm_starts": {n: {k: info[k] for k in ("step", "accuracy", "sha256")} for n, (_, info) in warm.items()},
+               "strengths": {}}
+    for name in strengths:
+        runs = load_regime_runs(runs_dir, name, arms, seeds)
+        if runs:
+            reg = summarize_strength(runs, warm[name][1]["accuracy"]["plain"], steps, eval_every, tail)
+            reg["arms"] = {a: asdict(e) for a, e in reg["arms"].items()}
+            summary["strengths"][name] = reg
+    summary["minutes"] = (time.perf_counter() - t0) / 60
+    text = regimes_text(summary)
+    write_scores_csv(summary, os.path.join(out, "scores.csv"))
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(out, "summary.txt"), "w") as f:
+        f.write(text + "\n")
+    if summary["strengths"]:
+        plot_regimes(summary, os.path.join(out, "regimes.png"))
+    log("\n" + text + f"\n\nresults in {out}; {summary['minutes']:.1f} min")
+    return summary
