@@ -210,5 +210,6 @@ def generalized_jsd(student_logits, teacher_logits, beta: float):
         return (lt.exp() * (lt - ls)).sum(-1)
     if beta == 1.0:
         return (ls.exp() * (ls - lt)).sum(-1)
-    lm = torch.logsumexp(torch.stack([ls + torch.log1p(torch.tensor(-beta)), lt + torch.log(torch.tensor(beta))]), 0)
+    log_1mb, log_b = torch.log1p(ls.new_tensor(-beta)), torch.log(ls.new_tensor(beta))  # in the input's dtype
+    lm = torch.logsumexp(torch.stack([ls + log_1mb, lt + log_b]), 0)
     return beta * (lt.exp() * (lt - lm)).sum(-1) + (1.0 - beta) * (ls.exp() * (ls - lm)).sum(-1)

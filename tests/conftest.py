@@ -1,12 +1,15 @@
-"""Test set-up: Triton's interpreter must be switched on before any kernel is defined, so the
-Triton backend runs (slowly, on small shapes) on a machine without a GPU."""
+"""Test set-up. Where TRITON_INTERPRET is unset, it is decided before any Triton kernel is
+defined: with a CUDA device the Triton backends run on the GPU (tests/test_gpu.py); without one
+Triton's interpreter is switched on, so they run (slowly, on small shapes) on the CPU."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from inputs import FUSED_IMPLS, SMALL_CHUNK_BYTES  # noqa: E402
 from rlsd_kernels.ops import get_backend  # noqa: E402
