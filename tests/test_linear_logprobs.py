@@ -1,7 +1,9 @@
-"""fused_linear_logprobs against eager log_softmax: values and gradients through both outputs."""
+"""fused_linear_logprobs (every impl, and rlsd_kernels.reference) against the float64 truth of
+tests/truth.py: values and gradients through both outputs."""
 
 import pytest
 import torch
+import truth
 from inputs import FUSED_IMPLS, max_rel_err
 
 from rlsd_kernels import fused_linear_logprobs, reference
@@ -17,9 +19,10 @@ def logprob_case(shape, H, V, dtype, bias):
 
 
 def values_and_grads(hidden, weight, bias, targets, impl, temperature, entropy):
-    """impl "reference": the eager reference with autograd (the truth)."""
-    if impl == "reference":
-        lp, ent = reference.linear_logprobs(hidden, weight, targets, bias, temperature, entropy)
+    """impl "truth": tests/truth.py; "reference": rlsd_kernels.reference (both with autograd)."""
+    if impl in ("truth", "reference"):
+        lp, ent = (truth if impl == "truth" else reference).linear_logprobs(hidden, weight, targets, bias,
+                                                                             temperature, entropy)
     else:
         lp, ent = fused_linear_logprobs(hidden, weight, targets, bias=bias, temperature=temperature,
                                         return_entropy=entropy, impl=impl)
@@ -29,24 +32,24 @@ def values_and_grads(hidden, weight, bias, targets, impl, temperature, entropy):
     return [lp.detach()] + ([ent.detach()] if entropy else []) + list(torch.autograd.grad(objective, leaves))
 
 
-@pytest.mark.parametrize("impl", ["eager"] + FUSED_IMPLS)
+@pytest.mark.parametrize("impl", ["reference", "eager"] + FUSED_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 47), (141,), (2, 3, 5)])
 @pytest.mark.parametrize("entropy", [True, False])
-def test_matches_eager(impl, dtype, shape, entropy):
+def test_matches_truth(impl, dtype, shape, entropy):
     temperature = 0.7 if entropy else 1.3
     hidden, weight, bias, targets = logprob_case(shape, 31, 123, dtype, bias=entropy)
     got = values_and_grads(hidden, weight, bias, targets, impl, temperature, entropy)
     as64 = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
-    truth = values_and_grads(as64(hidden), as64(weight), as64(bias), targets, "reference", temperature, entropy)
+    want = values_and_grads(as64(hidden), as64(weight), as64(bias), targets, "truth", temperature, entropy)
     assert got[0].shape == targets.shape
     if dtype == torch.bfloat16:
         eager = values_and_grads(hidden, weight, bias, targets, "eager", temperature, entropy)
-        for g, e, t in zip(got, eager, truth):
-            assert max_rel_err(g, t) <= max_rel_err(e, t) + 1e-2
+        for g, e, t in zip(got, eager, want):
+            assert max_rel_err(e, t) < 5e-2 and max_rel_err(g, t) <= max_rel_err(e, t) + 1e-2
         return
-    tol = 1e-9 if dtype == torch.float64 else 2e-5
-    for g, t in zip(got, truth):
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for g, t in zip(got, want):
         assert max_rel_err(g, t) < tol
 
 
