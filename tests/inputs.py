@@ -149,9 +149,10 @@ def call(case: Case, api: str, impl: str, **kwargs) -> Result:
     return Result([v.detach() for v in values], {k: v.detach() for k, v in metrics.items()}, grads)
 
 
-def assert_close_to_truth(case: Case, impl: str, dtype, api="rlsd", device="cpu", **kwargs) -> Result:
+def assert_close_to_truth(case: Case, impl: str, dtype, api="rlsd", device="cpu", tol=TOL, **kwargs) -> Result:
     """``impl`` on ``case`` in ``dtype`` (on ``device``) against the float64 truth on the same
-    rounded inputs: values, gradients and metrics; bf16 by the rule of BF16_*. Returns the truth."""
+    rounded inputs: values, gradients and metrics, within ``tol[dtype]``; bf16 by the rule of
+    BF16_*. Returns the truth."""
     case = case.cast(dtype)
     want = call(case.cast(torch.float64), api, "truth", **kwargs)
     got = call(case.to(device), api, impl, **kwargs).cpu()
@@ -171,7 +172,7 @@ def assert_close_to_truth(case: Case, impl: str, dtype, api="rlsd", device="cpu"
             e_err = abs(eager.metrics[key].item() - t.item())
             assert abs(got.metrics[key].item() - t.item()) <= e_err + BF16_METRIC * (1 + abs(t.item())), key
         return want
-    tol = TOL[dtype]
+    tol = tol[dtype]
     for name, g, t in named:
         assert name == "value" or g.dtype == dtype, name
         assert g.shape == t.shape, name
