@@ -1,8 +1,9 @@
 """Responses that try to earn reward without solving the task, or to reach the host.
 
 Each hostile response would be correct if its trick worked (it defines the right ``f`` only when it
-escapes, or fakes the end of the tests), so reward 0 shows that the trick failed; the host checks
-(files, listeners, this process) show that nothing leaked out.
+escapes, fakes the end of the tests, or makes the tests' own names and objects lie), so reward 0
+shows that the trick failed; the host checks (files, listeners, this process, its memory) show that
+nothing leaked out.
 """
 
 import json
@@ -19,6 +20,7 @@ from trainer_helpers import needs_bwrap
 
 from rlsd.data import Example
 from rlsd.verifiers import make_verifier, verify
+from rlsd.verifiers.sandbox import SHM_SIZE, TMP_SIZE
 
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -79,29 +81,32 @@ FAKED_ENDS = {  # name: (solution, tests); each would pass if its trick worked
     "patch a module the tests use": ("import math\nmath.sqrt = lambda x: 4\n" + BAD, SQRT),
     "replace a module in sys.modules": ("import sys, types\nm = types.ModuleType('math')\nm.sqrt = lambda x: 4\n"
                                         "sys.modules['math'] = m\n" + BAD, SQRT),
-    "patch unittest's assert helpers": ("import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n"
-                                        + BAD, "import unittest\nunittest.TestCase().assertEqual(f(2), 4)"),
     "patch a module while the tests run": ("def f(x):\n    import math\n    math.sqrt = lambda x: 4\n    return 0",
                                            "import math\nf(2)\nassert math.sqrt(0) == 4"),
-    "replace a function's code": ("import json\njson.loads.__code__ = (lambda s, **k: 4).__code__\n" + BAD,
-                                  "import json\nassert json.loads(str(f(2))) == 4"),
-    "change a function's defaults": ("import json\njson.dumps.__kwdefaults__['sort_keys'] = True\n"
-                                     "def f(x):\n    return {'b': 1, 'a': 2}",
-                                     "import json\nassert json.dumps(f(2)) == '{\"a\": 2, \"b\": 1}'"),
     "sys.settrace jumps over the tests": (JUMP + BAD, TESTS + "\npass"),
     "threading.settrace": (BAD + "import threading\nthreading.settrace(lambda *a: None)\n"
                                  "threading.Thread(target=int).start()", TESTS),
     "sys.setprofile": (BAD + "import sys\nsys.setprofile(lambda *a: None)", TESTS),
-    "thread that outlives the tests": (GOOD + "import threading, time\n"
-                                              "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
-                                       TESTS),
+    "builtins rebound as the solution's globals": (
+        "len = lambda o: 4\nsorted = lambda o: [1, 2]\nall = lambda o: True\nabs = lambda o: 0\n"
+        "isinstance = lambda o, t: True\ndef f(x):\n    return 'no'",
+        "assert len(f(2)) == 4\nassert sorted(f(2)) == [1, 2]\nassert all(f(2))\nassert abs(f(2)) == 0\n"
+        "assert isinstance(f(2), int)"),
+    "type rebound to defeat a type check": ("type = lambda o: int\ndef f(x):\n    return 'x'",
+                                            "assert type(f(2)) is int"),
+    "an object equal to everything": ("class A:\n    __eq__ = lambda s, o: True\ndef f(x):\n    return A()", TESTS),
+    "an int subclass equal to everything": ("class I(int):\n    __eq__ = lambda s, o: True\n    __hash__ = int.__hash__\n"
+                                            "def f(x):\n    return I(0)", TESTS),
+    "re._cache poisoned": ("import re\nre._cache[str, r'\\d+', 0] = re.compile('.*')\ndef f(x):\n    return 'no digits'",
+                           "import re\nassert re.fullmatch(r'\\d+', f(2))"),
 }
 
 
 @pytest.mark.parametrize("name", ["redefine a builtin the tests use", "patch a module the tests use",
-                                  "replace a function's code", "change a function's defaults",
-                                  "sys.settrace jumps over the tests", "patch unittest's assert helpers",
-                                  "replace a module in sys.modules", "override __import__"])
+                                  "sys.settrace jumps over the tests", "replace a module in sys.modules",
+                                  "override __import__", "builtins rebound as the solution's globals",
+                                  "type rebound to defeat a type check", "an object equal to everything",
+                                  "an int subclass equal to everything", "re._cache poisoned"])
 def test_the_tricks_work_in_plain_python(name):
     """The tricks are real: solution then tests in one plain interpreter pass."""
     driver = "import sys\nns = {}\nexec(compile(sys.argv[1], '<solution>', 'exec'), ns)\n" \
@@ -113,7 +118,20 @@ def test_the_tricks_work_in_plain_python(name):
 @pytest.mark.parametrize("name", sorted(FAKED_ENDS))
 def test_faked_end_of_tests_earns_nothing(code, name):
     verdict = code(*FAKED_ENDS[name])
-    assert verdict.reward == 0.0, verdict
+    assert verdict.reward == 0.0 and not verdict.reason.startswith("verifier error"), verdict
+
+
+def test_host_state_is_untouched_by_the_tricks():
+    """The tests' names, modules and the regex cache are the host's: the tricks above reach none of them."""
+    import re
+    assert re.fullmatch(r"\d+", "no digits") is None and len([1]) == 1 and type("x") is str
+
+
+def dotted(module: str) -> str:
+    """A solution that loads ``module``'s extension as ``x.<module>`` (the name's first part is ``x``)."""
+    return ("import _imp, importlib.machinery, os, sys\nd = [p for p in sys.path if p.endswith('lib-dynload')][0]\n"
+            f"so = [n for n in os.listdir(d) if n.startswith('{module}.')][0]\n"
+            f"m = _imp.create_dynamic(importlib.machinery.ModuleSpec('x.{module}', None, origin=os.path.join(d, so)))\n")
 
 
 FORGERS = {
@@ -128,10 +146,6 @@ FORGERS = {
     "frames through a traceback":
         "import os\ndef f(x):\n    try:\n        raise ValueError\n    except ValueError as e:\n"
         "        fr = e.__traceback__.tb_frame.f_back\n    os._exit(0)",
-    "frames through a generator":
-        "def g():\n    yield\nx = g()\nfr = x.gi_frame\n" + GOOD,
-    "token through the garbage collector":
-        "import gc, os\nfor o in gc.get_objects():\n    pass\n" + GOOD,
     "ctypes":
         "import ctypes\nctypes.CDLL(None).write(3, b'x', 1)\n" + GOOD,
     "fork and guess in several processes":
@@ -149,11 +163,19 @@ FORGERS = {
         "import _imp, importlib.machinery, os, sys\nd = [p for p in sys.path if p.endswith('lib-dynload')][0]\n"
         "so = [n for n in os.listdir(d) if n.startswith('_ctypes.')][0]\n"
         "_imp.create_dynamic(importlib.machinery.ModuleSpec('_ctypes', None, origin=os.path.join(d, so)))\n" + GOOD,
-    "hand-made bytecode":
-        "c = (lambda: 0).__code__.replace(co_consts=(1,))\n" + GOOD,
-    "signal handler receives a frame":
-        "import signal\nsignal.signal(signal.SIGALRM, lambda s, fr: None)\n" + GOOD,
+    "ctypes' extension under a dotted name (initialised from the last part)": dotted("_ctypes") + GOOD,
+    "_posixsubprocess under a dotted name runs /bin/sh": dotted("_posixsubprocess") +
+        "import os\nr, w = os.pipe()\nm.fork_exec([b'/bin/sh', b'-c', b'exit 0'], [b'/bin/sh'], True, (w,), None, None,"
+        " -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False)\n" + GOOD,
+    "a test module's extension": dotted("_testcapi") + GOOD,
 }
+
+
+@pytest.mark.parametrize("name", [n for n in FORGERS if "dotted" in n or "test module" in n])
+def test_the_dotted_loads_work_in_plain_python(name):
+    """The loads are real: without the runner's audit hook each one succeeds (and /bin/sh runs)."""
+    run = subprocess.run([sys.executable, "-I", "-c", FORGERS[name] + "assert f(2) == 4"], capture_output=True)
+    assert run.returncode == 0, run.stderr
 
 
 @needs_bwrap
@@ -238,6 +260,43 @@ def test_resource_bombs_are_bounded(code):
     assert time.monotonic() - start < 30
 
 
+FILL = """
+import os
+def written(folder):
+    total = 0
+    for i in range(64):
+        try:
+            fd = os.open(f"{folder}/fill{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError:
+            return total
+        try:
+            for _ in range(16):
+                total += os.write(fd, b"x" * 65536)
+        except OSError:
+            return total
+        finally:
+            os.close(fd)
+    return total
+TOTAL = sum(written(d) for d in ("/", "/dev", "/dev/shm", "/dev/pts", "/tmp", "/usr", os.path.dirname(os.__file__)))
+def f(x):
+    return TOTAL
+"""
+
+
+@needs_bwrap
+def test_sandbox_filesystems_are_bounded_for_parallel_workers():
+    """Every writable filesystem of a sandbox is a bounded tmpfs (/tmp and /dev/shm; the root, /dev and the
+    system directories are read-only), so n workers at once hold at most n x (TMP_SIZE + SHM_SIZE) of the
+    host's memory in files, besides n x memory_mb of address space."""
+    workers, bound = 4, TMP_SIZE + SHM_SIZE
+    shm_before = set(os.listdir("/dev/shm"))
+    verifier = make_verifier("code", timeout=30.0, workers=workers)
+    # each sandbox fills what it can; its test holds iff the total stays within the bound and is not 0
+    verdicts = verifier.batch([(FILL, ex(f"assert {TMP_SIZE // 2} <= f(0) <= {bound}"))] * workers)
+    assert [v.reward for v in verdicts] == [1.0] * workers, verdicts
+    assert set(os.listdir("/dev/shm")) == shm_before
+
+
 @needs_bwrap
 def test_output_is_bounded_and_ignored(code, patient):
     flood = "import os, sys\nsys.stdout.write('x' * 10**8)\nsys.stderr.write('x' * 10**8)\n"
@@ -259,15 +318,85 @@ def test_correct_solutions_still_pass(patient):
         "def f(x):\n    return out[0] * x",
         "import warnings, logging\nwarnings.warn('noisy')\nlogging.warning('noisy')\nprint('hello')\n"
         "open('/tmp/scratch', 'w').write('ok')\n" + GOOD,
+        # frames, the garbage collector, signal handlers, new code objects and threads that outlive the
+        # tests decide nothing now that the tests run on the host, so they are not refused
+        "import gc, signal, sys, threading, time\nframe = sys._getframe()\ngc.get_objects()\n"
+        "signal.signal(signal.SIGALRM, lambda s, fr: None)\nc = (lambda: 0).__code__.replace(co_consts=(1,))\n"
+        "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n" + GOOD,
     ]
     for solution in solutions:
         verdict = patient(solution, TESTS + "\nimport math\nassert math.isclose(f(0.5), 1.0)")
         assert verdict.reward == 1.0, (solution, verdict)
-    many_names = "\n".join(f"v{i} = {i}" for i in range(300))  # imports past 256 names; one that fails
-    tests = many_names + "\nimport fractions\ntry:\n    import no_such_module\nexcept ImportError:\n    pass\n" + TESTS
-    assert patient(GOOD, tests).reward == 1.0
-    same_module = "from fractions import Fraction\ndef f(x):\n    return Fraction(x, 2)"
-    assert patient(same_module, "from fractions import Fraction\nassert f(1) == Fraction(1, 2)").reward == 1.0
+    many_names = "\n".join(f"v{i} = {i}" for i in range(300))
+    assert patient(GOOD, many_names + "\nassert f(v299) == 598").reward == 1.0
+
+
+SOLUTION = """
+import re
+class Stack:
+    def __init__(self):
+        self.items = []
+    def push(self, x):
+        self.items.append(x)
+    def pop(self):
+        return self.items.pop()
+def f(x=1, *, scale=2):
+    return None if x < 0 else scale * x
+def pair(a, b):
+    return (a + b, {"sum": a + b, "parts": [a, b], "set": {a, b}}, b"raw", 1j * a)
+def size(stack):
+    return len(stack.items)
+def word(n):
+    return "x" * n
+"""
+TEST_FORMS = """
+from math import isclose
+import re
+assert f(2) == 4 and f(x=3, scale=3) == 9 and f(-1) is None
+assert type(f(2)) is int and isinstance(f(0.5), float) and isclose(f(0.1), 0.2)
+total, info, raw, z = pair(1, 2)
+assert total == 3 and info["parts"] == [1, 2] and info["set"] == {1, 2} and raw == b"raw" and z == 1j
+assert pair(1, 2)[1]["sum"] == 3 and sorted(pair(2, 1)[1]["parts"]) == [1, 2]
+for x, y in [(1, 2), (2, 4)]:
+    assert f(x) == y
+assert all(f(i) == 2 * i for i in range(10)) and [f(i) for i in range(3) if i] == [2, 4]
+assert {i: f(i) for i in range(2)} == {0: 0, 1: 2} and len(word(5)) == 5 and word(3).upper() == "XXX"
+assert re.fullmatch(r"x+", word(4)) and f(f(1)) == 4 and abs(-f(2)) == 4 and f(2) ** 2 == 16
+s = Stack()
+s.push(3)
+s.push(4)
+assert s.pop() == 4 and size(s) == 1 and s.items == [3]
+"""
+
+
+@needs_bwrap
+def test_assert_style_tests_keep_working(patient):
+    assert patient(SOLUTION, TEST_FORMS).reward == 1.0
+    for wrong in ("assert f(2) == 5", "assert pair(1, 2)[0] == 4", "s = Stack()\nassert s.items == [1]",
+                  "assert type(f(2.0)) is int", "assert f(-1) == 0"):
+        verdict = patient(SOLUTION, wrong)
+        assert verdict.reward == 0.0 and "failed" in verdict.reason, (wrong, verdict)
+
+
+@pytest.mark.parametrize("tests", ["try:\n    f(1)\nexcept Exception:\n    pass", "def check(g):\n    assert g(2) == 4",
+                                   "assert (lambda: f(2))() == 4", "import json\nassert f(2) == 4",
+                                   "while True:\n    pass", "assert f(2).__class__ is int", "x = [1]\nx[0] = f(2)"])
+def test_tests_the_host_cannot_evaluate_are_refused_clearly(tests):
+    verdict = verify("code", GOOD, ex(tests))
+    assert verdict.reward == 0.0 and verdict.reason.startswith("verifier error: ValueError: tests"), verdict
+
+
+@needs_bwrap
+def test_solution_values_cannot_stall_the_host(code):
+    """Host-side arithmetic on what the solution returns is bounded, and so is the size of one answer."""
+    start = time.monotonic()
+    for solution, tests in [("def f(x):\n    return 10 ** 4000", "assert 2 ** f(2) == 4"),
+                            ("def f(x):\n    return 10 ** 9", "assert len('ab' * f(2)) == 4"),
+                            ("def f(x):\n    return 10 ** 12", "assert len(list(range(f(2)))) == 4"),
+                            ("def f(x):\n    return 'x' * (8 << 20)", "assert f(2) == 4")]:
+        verdict = code(solution, tests)
+        assert verdict.reward == 0.0 and "failed" in verdict.reason, verdict
+    assert time.monotonic() - start < 10
 
 
 # ---------------------------------------------------------------- SQL

@@ -1,17 +1,16 @@
-"""Python code run against the example's tests in a bubblewrap sandbox (see README.md here).
+"""Python code run against the example's tests: the solution in a bubblewrap sandbox, the tests on the host.
 
-Reward 1 only when the runner (``_runner.py``) reports, on a pipe of its own, the per-run random
-token that it writes after the last test statement has returned: exit codes, ``sys.exit``,
-``os._exit``, exceptions at exit and output count for nothing.
+The runner (``_runner.py``) executes the solution in the sandbox and answers requests over two
+pipes; the tests are evaluated here (``judge``) on the plain values that come back, so the
+verdict rests on nothing the solution controls (see README.md here).
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import os
 import re
-import secrets
 import select
 import signal
 import subprocess
@@ -19,17 +18,17 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
-from . import Verdict, register
+from . import Verdict, judge, register
+from ._plain import NotPlain, decode, dumps, encode, loads
 from .sandbox import bwrap_command, check_bwrap, python_executable
 
 SANDBOXES = ("bwrap", "none")
-RUNNER = Path(__file__).with_name("_runner.py").read_text()
-# Runs RUNNER (argv[1]) with a private copy of the builtins, out of reach of the solution.
-STUB = "import builtins, sys; exec(sys.argv[1], {'__builtins__': dict(vars(builtins)), '__name__': 'runner'})"
+_HERE = Path(__file__).parent
+RUNNER = (_HERE / "_plain.py").read_text() + "\n" + (_HERE / "_runner.py").read_text()
 MAX_PROCS = 64          # processes and threads inside one sandbox
-MAX_REASON = 4096       # bytes of the runner's message kept
+MAX_REASON = 4096       # bytes of the runner's stderr kept
+MAX_REPLY = 1 << 20     # bytes of one answer of the runner (a returned value)
 
 
 def extract_code(response: str) -> str:
@@ -50,33 +49,107 @@ def check_sandbox(sandbox: str = "bwrap", **_) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _read_report(fd: int, timeout: float) -> Optional[bytes]:
-    """The first bytes written to ``fd`` once every writer has exited; None at the deadline."""
-    report, deadline = b"", time.monotonic() + timeout
-    poller = select.poll()  # not select.select: descriptors past 1023 are common in a trainer
-    poller.register(fd, select.POLLIN)
-    while True:
-        left = deadline - time.monotonic()
+class SolutionError(Exception):
+    """What the solution raised (or why its process ended), as a test's failure."""
+
+
+def _reference(value):
+    return value.number if type(value) is judge.Handle else None
+
+
+class _Sandbox:
+    """The runner's process as the tests' ``remote``: one frame each way per request, within ``deadline``."""
+
+    def __init__(self, to_runner: int, from_runner: int, deadline: float, timeout: float):
+        self.to_runner, self.from_runner, self.deadline, self.timeout = to_runner, from_runner, deadline, timeout
+        self.buffer = b""
+        os.set_blocking(to_runner, False)
+
+    def _wait(self, fd: int, event: int) -> None:
+        poller = select.poll()  # not select.select: descriptors past 1023 are common in a trainer
+        poller.register(fd, event)
+        left = self.deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return report
-        report = (report + chunk)[:4096]
+            raise judge.Failed(f"timeout after {self.timeout}s")
+
+    def send(self, message) -> None:
+        data = dumps(message)
+        data = b"%d\n%s" % (len(data), data)
+        while data:
+            self._wait(self.to_runner, select.POLLOUT)
+            try:
+                data = data[os.write(self.to_runner, data):]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise SolutionError("the solution's process ended") from None
+
+    def _read(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._wait(self.from_runner, select.POLLIN)
+            chunk = os.read(self.from_runner, 1 << 16)
+            if not chunk:
+                raise SolutionError("the solution's process ended")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def receive(self):
+        header = b""
+        while not header.endswith(b"\n"):
+            header += self._read(1)
+            if len(header) > 12:
+                raise SolutionError("malformed answer")
+        size = int(header) if header[:-1].isdigit() else -1
+        if not 0 <= size <= MAX_REPLY:
+            raise SolutionError(f"an answer longer than {MAX_REPLY} bytes, or malformed")
+        return loads(self._read(size))
+
+    def request(self, *message):
+        self.send(list(message))
+        reply = self.receive()
+        if type(reply) is list and len(reply) == 2 and reply[0] == "value":
+            return decode(reply[1])
+        if type(reply) is list and len(reply) == 2 and reply[0] == "handle" and type(reply[1]) is int:
+            return judge.Handle(reply[1])
+        if type(reply) is list and len(reply) == 2 and reply[0] == "error" and type(reply[1]) is str:
+            raise SolutionError(reply[1][:500])
+        raise NotPlain("malformed answer")
+
+    def get(self, name: str):
+        return self.request("get", name)
+
+    def attr(self, handle: judge.Handle, name: str):
+        return self.request("attr", handle.number, name)
+
+    def item(self, handle: judge.Handle, key):
+        return self.request("item", handle.number, encode(key))
+
+    def call(self, handle: judge.Handle, args: list, kwargs: dict):
+        """Handles may be passed as whole arguments; anything else must be plain data."""
+        return self.request("call", handle.number, [encode(a, _reference) for a in args],
+                            {k: encode(v, _reference) for k, v in kwargs.items()})
 
 
 def _last_line(err) -> str:
     err.seek(max(0, os.fstat(err.fileno()).st_size - MAX_REASON))
     lines = err.read().decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else "no report: the process ended before the tests did"
+    return f" ({lines[-1]})" if lines else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_tests(tests: str) -> judge.Program:
+    return judge.parse(tests)
 
 
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
               sandbox: str = "bwrap") -> Verdict:
-    """Run ``code`` then ``tests``; reward 1 iff the runner's token arrives (the tests ran to the end)."""
-    token = secrets.token_hex(16).encode()
+    """Reward 1 iff every statement of ``tests``, evaluated here on what the solution ``code`` returns
+    in the sandbox, holds within ``timeout`` seconds. Tests that :mod:`judge` cannot run raise ``ValueError``."""
+    program = parse_tests(tests)
+    deadline = time.monotonic() + timeout
     read_fd, write_fd = os.pipe()
-    argv = [python_executable(), "-I", "-S", "-B", "-c", STUB, RUNNER, str(write_fd)]
+    argv = [python_executable(), "-I", "-S", "-B", "-c", RUNNER, str(write_fd)]
     limits = {"CPU": math.ceil(timeout) + 1, "AS": memory_mb << 20, "FSIZE": file_mb << 20, "NOFILE": 64,
               "CORE": 0}
     if sandbox == "bwrap":
@@ -96,29 +169,31 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
         finally:
             os.close(write_fd)
         try:
-            with contextlib.suppress(BrokenPipeError), proc.stdin:
-                source = code.encode(errors="replace")
-                proc.stdin.write(b"%s\n%d\n%s%s" % (token, len(source), source, tests.encode(errors="replace")))
-            report = _read_report(read_fd, timeout)
+            runner = _Sandbox(proc.stdin.fileno(), read_fd, deadline, timeout)
+            runner.send(code)
+            started = runner.receive()
+            if started != ["ready"]:
+                return Verdict(0.0, f"failed: the solution did not run: {started[1] if type(started) is list and len(started) == 2 else started}"[:600])
+            program.run(runner, deadline)
+        except judge.Failed as exc:
+            reason = str(exc)
+            return Verdict(0.0, reason if reason.startswith("timeout") else f"failed: {reason}")
+        except (SolutionError, NotPlain) as exc:
+            return Verdict(0.0, f"failed: {exc}{_last_line(err)}")
         finally:
             os.close(read_fd)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if report is None:
-            return Verdict(0.0, f"timeout after {timeout}s")
-        if report == token:
-            return Verdict(1.0, "ok")
-        if report:
-            return Verdict(0.0, "failed: something other than the token was written to the report pipe")
-        return Verdict(0.0, f"failed: {_last_line(err)}")
+            proc.stdin.close()
+        return Verdict(1.0, "ok")
 
 
 @register("code", check=check_sandbox)
 def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
                  sandbox: str = "bwrap") -> Verdict:
-    """Reward 1 iff the code followed by the tests (``example.meta['tests']``, else the answer:
-    Python statements such as ``assert f(2) == 4``) runs to the end within ``timeout`` seconds."""
+    """Reward 1 iff the tests (``example.meta['tests']``, else the answer: statements such as
+    ``assert f(2) == 4``) hold for the response's code within ``timeout`` seconds."""
     tests = example.meta.get("tests", example.answer)
     if isinstance(tests, list):
         tests = "\n".join(tests)

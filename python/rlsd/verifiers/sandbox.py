@@ -1,8 +1,8 @@
 """Bubblewrap (``bwrap``) isolation for generated code.
 
-The sandbox sees a read-only ``/usr`` and the Python installation, a minimal ``/dev``, an empty
-private ``/tmp`` of bounded size and nothing else of the host (no project, no home, no ``/proc``,
-no ``/etc``); it has its own user, PID, network, IPC, UTS and cgroup namespaces (no network at all),
+The sandbox sees a read-only ``/usr`` and the Python installation, a minimal read-only ``/dev``,
+an empty private ``/tmp`` and ``/dev/shm`` of bounded size (the only writable places; the root is
+read-only) and nothing else of the host (no project, no home, no ``/proc``, no ``/etc``); it has its own user, PID, network, IPC, UTS and cgroup namespaces (no network at all),
 runs as ``nobody`` without capabilities or new user namespaces, and dies with its parent.
 """
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 TMP_SIZE = 16 << 20  # bytes of the sandbox's private /tmp
+SHM_SIZE = 1 << 20   # bytes of its /dev/shm; every other filesystem of the sandbox is read-only
 
 
 class SandboxUnavailable(RuntimeError):
@@ -48,7 +49,8 @@ def bwrap_command(argv: list, bwrap: str = "bwrap") -> list:
     return [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534",
             "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--hostname", "sandbox",
-            *_system_mounts(), "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp",
+            *_system_mounts(), "--dev", "/dev", "--size", str(SHM_SIZE), "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp", "--remount-ro", "/",
             "--chdir", "/tmp", "--", *argv]
 
 
