@@ -1,8 +1,10 @@
-"""Eager references: materialise the [B, T, V] logits and follow docs/math.md line by line.
+"""Eager references: materialise the [B, T, V] logits and apply the per-token math of
+:mod:`rlsd_kernels.math` to them, with autograd for the gradients.
 
-They are the truth every backend (``impl="eager"`` included) is tested against: call them on
-float64 inputs for a tight one. Arguments are those of the public functions in
-:mod:`rlsd_kernels.api` (without ``impl``), unchecked.
+Not independent of the backends: they share ``math.py`` (and the eager backend uses
+:func:`logits`). The tests judge these functions, like every backend, against a separate float64
+transcription of docs/math.md (``tests/truth.py``). Arguments are those of the public functions
+in :mod:`rlsd_kernels.api` (without ``impl``), unchecked.
 """
 
 from __future__ import annotations
