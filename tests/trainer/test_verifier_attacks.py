@@ -493,6 +493,27 @@ def test_json_validation_is_stopped_at_the_timeout():
     assert verify("json_schema", "[1, 2]", example).reward == 1.0
 
 
+HEDGES = ["The answer is 1 or 2", "The answer is 1 (or maybe 2)", "The answer is 2 or 1", "The answer is 1. The answer is 2.",
+          "The answer is 2. The answer is 1.", "Final answer: 1, 2", r"The answer is $\boxed{1}$ or 2.",
+          r"$\boxed{1}$ and $\boxed{2}$", "The answer is $1$ or $2$"]
+PLAIN_ANSWERS = [("The answer is 2.", "2"), ("We get 2+2=4, so the answer is 4. Check: 4-2=2.", "4"),
+                 (r"Therefore, the answer is $2\sqrt{3}$.", r"2\sqrt{3}"), ("The answer is $10^3$", "1000"),
+                 (r"x = 3, so the answer is $\boxed{2}$", "2"), ("The answer is $(1, 2)$", "(1, 2)"),
+                 ("12+34=46;46+56=102; the answer is 102", "102"), ("I think 3 and then 4, final 5", "5")]
+
+
+@pytest.mark.parametrize("gold", ["1", "2"])
+def test_math_hedging_over_several_answers_earns_nothing(gold):
+    for response in HEDGES:
+        verdict = verify("math", response, ex(gold))
+        assert verdict.reward == 0.0 and verdict.reason.startswith("wrong answer"), (response, verdict)
+
+
+def test_math_single_answers_with_working_still_pass():
+    for response, gold in PLAIN_ANSWERS:
+        assert verify("math", response, ex(gold)).reward == 1.0, response
+
+
 def test_math_hostile_latex_is_time_bounded():
     for text in [r"$\boxed{9^{9^{9^{9}}}}$", r"$\boxed{10^{10^{10^{10}}}}$", r"$\boxed{100000000!}$",
                  "$" + "x+" * 30_000 + "1$", "$" + "\\frac{1}{" * 3000 + "2" + "}" * 3000 + "$", "9" * 200_000]:

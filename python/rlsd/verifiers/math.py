@@ -6,6 +6,8 @@ timeout cannot interrupt SymPy inside one long C call (``9^{9^{9^9}}``) and work
 
 from __future__ import annotations
 
+import re
+
 from . import Verdict, register
 from ._pool import WorkerPool, WorkerTimeout
 
@@ -13,21 +15,63 @@ MAX_CHARS = 100_000     # longer responses are refused before parsing
 POOL = WorkerPool(preload=("math_verify",))
 
 
+EXPLICIT = 300  # math-verify's priorities below this are stated answers ("answer is", \boxed); 300 is any expression
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+
+
+def stated_answers(response: str) -> list:
+    """Every final answer the response states, as math-verify extracts them: the graded one (the last
+    match of the first pattern group that yields an answer) and, if that group is an explicit one
+    ("the answer is", ``\\boxed``), its other matches and every match that ends in the graded answer's
+    sentence after the graded answer begins; a match inside a longer one (``10`` in ``10^3``) is
+    part of it, not an answer."""
+    from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig, extract_match, get_extraction_regexes
+
+    found = [(priority, m, target)
+             for patterns, target in get_extraction_regexes((LatexExtractionConfig(), ExprExtractionConfig()))
+             for pattern, priority in patterns for m in pattern.finditer(response)]
+    for priority in sorted({p for p, _, _ in found}):
+        group = sorted((f for f in found if f[0] == priority), key=lambda f: (f[1].end(), -f[1].start()), reverse=True)
+        graded = next(((m, v) for _, m, t in group for v in [extract_match(m, t)[0]] if v is not None), None)
+        if graded is None:
+            continue
+        match, value = graded
+        answers = [value]
+        if priority >= EXPLICIT:
+            return answers
+        end = _SENTENCE_END.search(response, match.end())
+        end = end.start() if end else len(response)
+        others = [(m, t) for p, m, t in found if m is not match and (p == priority or match.start() < m.end() <= end)]
+        spans = {m.span() for m, _ in others} | {match.span()}
+        for m, t in others:
+            if not any(a <= m.start() and m.end() <= b and (a, b) != m.span() for a, b in spans):
+                answers += [v for v in [extract_match(m, t)[0]] if v is not None]
+        return answers
+    return []
+
+
 def equivalent(response: str, answer: str, seconds: int) -> str:
-    """'ok', 'wrong answer' or 'malformed: ...' (runs in a worker)."""
+    """'ok', 'wrong answer' or 'malformed: ...' (runs in a worker). Every stated final answer must
+    equal the reference: a response that hedges over several (``the answer is 1 or 2``) is wrong."""
     from math_verify import parse, verify
 
     gold = parse(answer if "$" in answer else f"${answer}$", parsing_timeout=seconds)
     pred = parse(response, parsing_timeout=seconds)
     if not pred:
         return "malformed: no mathematical answer found"
-    return "ok" if verify(gold, pred, timeout_seconds=seconds) else "wrong answer"
+    if not verify(gold, pred, timeout_seconds=seconds):
+        return "wrong answer"
+    if not all(verify(gold, [value], timeout_seconds=seconds) for value in stated_answers(response)):
+        return "wrong answer: the response states several different final answers"
+    return "ok"
 
 
 @register("math")
 def math_answer(response: str, example, timeout: float = 10.0) -> Verdict:
-    """Reward 1 iff the last answer in the response is mathematically equal to the reference, found
-    within ``timeout`` seconds (the worker is killed then; math-verify's own limit per step is a third)."""
+    """Reward 1 iff the answer math-verify grades (the last one of its highest-priority kind) and every
+    other final answer the response states (:func:`stated_answers`) are mathematically equal to the
+    reference, found within ``timeout`` seconds (the worker is killed then; math-verify's own limit
+    per step is a third)."""
     if len(response) > MAX_CHARS:
         return Verdict(0.0, f"malformed: response longer than {MAX_CHARS} characters")
     try:
