@@ -393,7 +393,13 @@ def test_solution_values_cannot_stall_the_host(code):
     for solution, tests in [("def f(x):\n    return 10 ** 4000", "assert 2 ** f(2) == 4"),
                             ("def f(x):\n    return 10 ** 9", "assert len('ab' * f(2)) == 4"),
                             ("def f(x):\n    return 10 ** 12", "assert len(list(range(f(2)))) == 4"),
-                            ("def f(x):\n    return 'x' * (8 << 20)", "assert f(2) == 4")]:
+                            ("def f(x):\n    return 'x' * (8 << 20)", "assert f(2) == 4"),
+                            ("def f(x):\n    return 10 ** 10", "assert len('x'.ljust(f(2))) == 4"),
+                            ("def f(x):\n    return [[1]] * 100000", "assert sum(f(2), []) == [1]"),
+                            ("def f(x):\n    return '%0*d'", "assert f(2) % (10 ** 9, 1) == '4'"),
+                            ("def f(x):\n    return list(range(1000))", "a = f(2)\nfor i in range(20):\n    a = a + a\n"
+                                                                      "assert a == 4"),
+                            ("def f(x):\n    return -10 ** 9", "assert round(4, f(2)) == 4")]:
         verdict = code(solution, tests)
         assert verdict.reward == 0.0 and "failed" in verdict.reason, verdict
     assert time.monotonic() - start < 10

@@ -61,12 +61,24 @@ def _range(*args):
     return r
 
 
+def _round(number, ndigits=None):
+    if type(ndigits) is int and abs(ndigits) > 1000:  # round(n, -10**9) computes 10**(10**9)
+        raise ValueError("round: ndigits past 1000")
+    return round(number, ndigits)
+
+
+def _sum(values, start=0):
+    if type(start) not in (int, float, complex):  # sum(lists, []) is quadratic
+        raise TypeError("sum: the start value must be a number")
+    return sum(values, start)
+
+
 HOST_NAMES = {name: getattr(builtins, name) for name in (
-    "abs", "all", "any", "bool", "bytes", "chr", "complex", "dict", "divmod", "enumerate", "filter", "float",
-    "frozenset", "int", "isinstance", "len", "list", "map", "max", "min", "ord", "repr", "reversed", "round",
-    "set", "sorted", "str", "sum", "tuple", "type", "zip", "ArithmeticError", "Exception", "TypeError",
+    "abs", "all", "any", "bool", "chr", "complex", "dict", "divmod", "enumerate", "filter", "float",
+    "frozenset", "int", "isinstance", "len", "list", "map", "max", "min", "ord", "repr", "reversed",
+    "set", "sorted", "str", "tuple", "type", "zip", "ArithmeticError", "Exception", "TypeError",
     "ValueError")}
-HOST_NAMES["range"] = _range
+HOST_NAMES.update(range=_range, round=_round, sum=_sum)
 # module -> the attributes the tests may use (pure, and bounded in time for bounded arguments)
 HOST_MODULES = {"math": (math, frozenset(
     "ceil copysign cos degrees dist e exp fabs floor fmod fsum gcd hypot inf isclose isfinite isinf isnan "
@@ -81,6 +93,7 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
             ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+_REFUSED_ATTRIBUTES = frozenset({"format", "format_map"})  # a format string from the solution could ask for any width
 _STATEMENTS = (ast.Assert, ast.Assign, ast.Expr, ast.For, ast.Import, ast.ImportFrom, ast.Pass)
 _EXPRESSIONS = (ast.Constant, ast.Name, ast.Load, ast.Store, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Call,
                 ast.keyword, ast.Attribute, ast.Subscript, ast.Slice, ast.Compare, ast.BoolOp, ast.And, ast.Or,
@@ -88,8 +101,18 @@ _EXPRESSIONS = (ast.Constant, ast.Name, ast.Load, ast.Store, ast.List, ast.Tuple
                 ast.comprehension, *_BINOPS, *_UNARY, *_COMPARE)
 
 
+_SEQUENCE_TYPES = (str, bytes, list, tuple)
+# a width or precision taken from the values, or past 9999: '%*d', '%99999d', '%(k).99999f'
+_WIDE_FORMAT = re.compile(rb"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{5}|\d*\.(?:\*|\d{5}))")
+
+
 def _bounded(op, a, b):
     """``op(a, b)`` refused when it would build an integer past MAX_BITS or a sequence past MAX_LENGTH."""
+    if op is ast.Add and isinstance(a, _SEQUENCE_TYPES) and isinstance(b, _SEQUENCE_TYPES) and \
+            len(a) + len(b) > MAX_LENGTH:
+        raise ValueError(f"{op.__name__}: sequence past {MAX_LENGTH} items")
+    if op is ast.Mod and type(a) in (str, bytes) and _WIDE_FORMAT.search(a.encode(errors="replace") if type(a) is str else a):
+        raise ValueError("%: field widths past 9999 (or taken from the values) are refused")
     ints = type(a) is int and type(b) is int
     if op is ast.Pow and ints and b > 0 and abs(a) > 1 and a.bit_length() * b > MAX_BITS:
         raise ValueError(f"{op.__name__}: result past {MAX_BITS} bits")
@@ -97,11 +120,24 @@ def _bounded(op, a, b):
         raise ValueError(f"{op.__name__}: result past {MAX_BITS} bits")
     if op is ast.LShift and ints and a and a.bit_length() + b > MAX_BITS:
         raise ValueError(f"{op.__name__}: result past {MAX_BITS} bits")
-    if op is ast.Mult and (type(a) is int) != (type(b) is int) and isinstance(a if type(b) is int else b, (str, bytes, list, tuple)):
+    if op is ast.Mult and (type(a) is int) != (type(b) is int) and isinstance(a if type(b) is int else b, _SEQUENCE_TYPES):
         seq, n = (b, a) if type(a) is int else (a, b)
         if len(seq) * n > MAX_LENGTH:
             raise ValueError(f"{op.__name__}: sequence past {MAX_LENGTH} items")
     return _BINOPS[op](a, b)
+
+
+def _sized(method):
+    """``method`` (of a plain value) refusing integer arguments past MAX_LENGTH: ``'x'.ljust(10**10)``,
+    ``(1).to_bytes(10**10)`` would allocate that much."""
+    if not callable(method):
+        return method
+
+    def call(*args, **kwargs):
+        if any(type(a) is int and abs(a) > MAX_LENGTH for a in (*args, *kwargs.values())):
+            raise ValueError(f"{getattr(method, '__name__', 'method')}: an integer argument past {MAX_LENGTH}")
+        return method(*args, **kwargs)
+    return call
 
 
 def _host(value):
@@ -146,8 +182,9 @@ def parse(tests: str) -> Program:
         for target in node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.For) else []:
             if not all(isinstance(t, (ast.Name, ast.Tuple, ast.List)) for t in ast.walk(target) if isinstance(t, ast.expr)):
                 raise ValueError(f"tests, line {line}: only names (and tuples of names) can be assigned to")
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            raise ValueError(f"tests, line {line}: attribute {node.attr!r} (names starting with _ are refused)")
+        if isinstance(node, ast.Attribute) and (node.attr.startswith("_") or node.attr in _REFUSED_ATTRIBUTES):
+            raise ValueError(f"tests, line {line}: attribute {node.attr!r} is refused (names starting with _, "
+                             f"{', '.join(sorted(_REFUSED_ATTRIBUTES))})")
         if isinstance(node, ast.Call) and any(isinstance(a, ast.Starred) for a in node.args) or \
                 isinstance(node, ast.keyword) and node.arg is None:
             raise ValueError(f"tests, line {line}: *args and **kwargs are not supported")
@@ -245,7 +282,7 @@ class _Run:
             return self.remote.attr(base, node.attr)
         if type(base) is _HostModule:
             return base.get(node.attr)
-        return getattr(base, node.attr)  # a method of a plain value or of a host type (names with _ refused)
+        return _sized(getattr(base, node.attr))  # a method of a plain value or a host type (names with _ refused)
 
     def e_Subscript(self, node, env):
         base, key = self.expr(node.value, env), self.expr(node.slice, env)
