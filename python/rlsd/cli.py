@@ -67,7 +67,7 @@ def cmd_study(args) -> int:
         if bad:
             raise SystemExit(f"rlsd study: unknown warm starts {bad}; choose from {list(STRENGTHS)}")
         run_regimes(out=args.out or "docs/study/regimes", runs_dir=args.runs or "rlsd-demo/regimes",
-                    seeds=args.seeds, steps=args.steps, eval_every=args.eval_every or 5, workers=args.workers,
+                    seeds=args.seeds, steps=args.steps or 20, eval_every=args.eval_every or 2, workers=args.workers,
                     engine=args.engine, arms=tuple(args.arms or REGIME_ARMS),
                     strengths=tuple(args.strengths or STRENGTHS), report_only=args.report_only)
         return 0
@@ -77,7 +77,7 @@ def cmd_study(args) -> int:
     suffix = "" if args.terms == 3 else f"terms{args.terms}"  # runs of other sums are never reused
     args.out = args.out or os.path.join("docs/study", suffix)
     args.runs = args.runs or ("rlsd-demo/study" + (f"-{suffix}" if suffix else ""))
-    run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps,
+    run_study(out=args.out, runs_dir=args.runs, cache_dir=args.cache, seeds=args.seeds, steps=args.steps or 50,
               eval_every=args.eval_every or 10, workers=args.workers, engine=args.engine,
               arms=tuple(args.arms or STUDY_ARMS), warmup=warmup, terms=args.terms, report_only=args.report_only)
     return 0
@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "rlsd-demo/study-terms<k> for --terms k)")
     s.add_argument("--cache", default=os.environ.get("RLSD_CACHE", os.path.expanduser("~/.cache/rlsd")))
     s.add_argument("--seeds", type=int, default=8)
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--eval-every", type=int, default=None, help="default 10 (--regimes: 5)")
+    s.add_argument("--steps", type=int, default=None, help="default 50 (--regimes: 20)")
+    s.add_argument("--eval-every", type=int, default=None, help="default 10 (--regimes: 2)")
     s.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
     s.add_argument("--engine", choices=["hf", "vllm"], default="hf",
                    help="rollouts (hf: on the training model; no engine start-up per run)")

@@ -152,17 +152,17 @@ def test_shipped_warm_start_checks_its_sha256(tmp_path):
     import json
     from rlsd.demo.shipped import WarmStartError, closest, sha256_file, shipped_warm_start
     assert closest({50: 0.1, 100: 0.28, 150: 0.33, 200: 0.9}, {"a": 0.3, "b": 0.87}) == {"a": 100, "b": 200}
-    (tmp_path / "w30").mkdir()
-    (tmp_path / "w30" / "model.safetensors").write_bytes(b"weights")
-    entry = {"step": 100, "accuracy": {"plain": 0.3}, "sha256": sha256_file(str(tmp_path / "w30" / "model.safetensors"))}
-    (tmp_path / "manifest.json").write_text(json.dumps({"curve": {}, "config": {}, "warm_starts": {"w30": entry}}))
-    path, info = shipped_warm_start("w30", str(tmp_path))
-    assert path == str(tmp_path / "w30") and info["step"] == 100
+    (tmp_path / "weak").mkdir()
+    (tmp_path / "weak" / "model.safetensors").write_bytes(b"weights")
+    entry = {"step": 100, "accuracy": {"plain": 0.3}, "sha256": sha256_file(str(tmp_path / "weak" / "model.safetensors"))}
+    (tmp_path / "manifest.json").write_text(json.dumps({"curve": {}, "config": {}, "warm_starts": {"weak": entry}}))
+    path, info = shipped_warm_start("weak", str(tmp_path))
+    assert path == str(tmp_path / "weak") and info["step"] == 100
     with pytest.raises(WarmStartError, match="unknown warm start 'w99'"):
         shipped_warm_start("w99", str(tmp_path))
-    (tmp_path / "w30" / "model.safetensors").write_bytes(b"other weights")
+    (tmp_path / "weak" / "model.safetensors").write_bytes(b"other weights")
     with pytest.raises(WarmStartError, match="sha256"):
-        shipped_warm_start("w30", str(tmp_path))
+        shipped_warm_start("weak", str(tmp_path))
 
 
 def test_the_shipped_warm_starts_match_their_manifest():
@@ -172,7 +172,7 @@ def test_the_shipped_warm_starts_match_their_manifest():
     assert set(m["warm_starts"]) == set(TARGETS) and DEMO in TARGETS
     for name in TARGETS:
         path, info = shipped_warm_start(name)
-        assert abs(info["accuracy"]["plain"] - TARGETS[name]) < 0.1, name
+        assert abs(info["accuracy"]["plain"] - TARGETS[name]) < 0.15, name
 
 
 def test_summary_counts_ties_apart_from_losses():
@@ -191,7 +191,8 @@ def test_regimes_command_reports_from_the_shipped_warm_starts(tmp_path):
     out = tmp_path / "out"
     assert main(["study", "--regimes", "--report-only", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["warm_starts"]) == {"w30", "w55", "w75", "w87"} and summary["strengths"] == {}
-    assert summary["settings"]["eval_every"] == 5 and "opsd-lr5e-5" in summary["settings"]["arms"]
+    assert set(summary["warm_starts"]) == {"weak", "middle", "good", "strong"} and summary["strengths"] == {}
+    assert summary["settings"]["eval_every"] == 2 and summary["settings"]["steps"] == 20
+    assert "opsd-lr5e-5" in summary["settings"]["arms"]
     with pytest.raises(SystemExit, match="unknown warm starts"):
         main(["study", "--regimes", "--strengths", "w99"])

@@ -7,7 +7,7 @@ snapshots of ONE supervised run at several held-out accuracies (weak to strong w
 regime map; the strongest is the demo's), each with the sha256 of its ``model.safetensors``,
 checked on load. Regenerate them (on any machine: the accuracies will differ) with
 
-    python -m rlsd.demo.shipped --steps 2400 --every 50 --stop-at 0.9
+    python -m rlsd.demo.shipped --steps 2400 --every 50 --stop-at 0.87
 
 which trains the run (until the held-out accuracy first reaches ``--stop-at``, at most ``--steps``
 steps), saves its weights at every evaluation, and ships the snapshot closest to each target
@@ -26,8 +26,8 @@ import subprocess
 from dataclasses import asdict
 
 WARMSTARTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warmstarts")
-TARGETS = {"w30": 0.30, "w55": 0.55, "w75": 0.75, "w87": 0.87}  # name: held-out greedy accuracy aimed at
-DEMO = "w87"  # the demo's warm start (and the study's)
+TARGETS = {"weak": 0.30, "middle": 0.55, "good": 0.75, "strong": 0.87}  # name: held-out accuracy aimed at
+DEMO = "strong"  # the demo's warm start (and the study's)
 COMMAND = "python -m rlsd.demo.shipped --steps {steps} --every {every} --stop-at {stop_at}"
 
 
@@ -46,7 +46,7 @@ def sha256_file(path: str) -> str:
 def manifest(root: str = WARMSTARTS) -> dict:
     path = os.path.join(root, "manifest.json")
     if not os.path.exists(path):
-        raise WarmStartError(f"no shipped warm starts in {root} (regenerate: {COMMAND.format(steps=2400, every=50, stop_at=0.9)})")
+        raise WarmStartError(f"no shipped warm starts in {root} (regenerate: {COMMAND.format(steps=2400, every=50, stop_at=0.87)})")
     with open(path) as f:
         return json.load(f)
 
@@ -83,15 +83,10 @@ def closest(curve: dict, targets: dict) -> dict:
 
 def regenerate(steps: int, every: int, stop_at: float, work: str, root: str = WARMSTARTS, log=print) -> dict:
     """Train one warm-start run (at most ``steps`` steps, stopping at the first evaluation with
-    accuracy >= ``stop_at``), snapshot it every ``every`` steps into ``work``, and ship the
-    snapshots closest to ``TARGETS`` into ``root``; returns the manifest."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    import torch
-
+    accuracy >= ``stop_at``), snapshot it every ``every`` steps into ``work``, and :func:`ship`."""
     from .experiment import HELDOUT_SEED
     from .task import make_split
-    from .warmup import WarmupConfig, accuracy, deterministic, fingerprint, train_warm_start, with_prefix
-    from ..rollout.hf import HFEngine
+    from .warmup import WarmupConfig, deterministic, train_warm_start
 
     heldout = make_split(200, HELDOUT_SEED)
     cfg = WarmupConfig(steps=steps, eval_every=every)
@@ -105,22 +100,42 @@ def regenerate(steps: int, every: int, stop_at: float, work: str, root: str = WA
     with deterministic():
         model, tok, info = train_warm_start(heldout, cfg, log, on_eval=save)
         save(info["step"], model, tok)
-    curve = {int(s): a for s, a in info["curve"].items()}
+    return ship(work, cfg, COMMAND.format(steps=steps, every=every, stop_at=stop_at), root, log)
+
+
+def ship(work: str, cfg, command: str, root: str = WARMSTARTS, log=print) -> dict:
+    """Evaluate every snapshot ``work/step_N`` of one run (held-out greedy accuracy, plain and with
+    the answer or the trace in context), copy the one closest to each of ``TARGETS`` into ``root``
+    and write ``manifest.json``; returns the manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+
+    from .experiment import HELDOUT_SEED
+    from .task import make_split
+    from .warmup import accuracy, deterministic, fingerprint, with_prefix
+    from ..rollout.hf import HFEngine
+
+    heldout = make_split(200, HELDOUT_SEED)
+
+    def evaluate(path: str, sources=("plain",)) -> tuple:
+        with deterministic():
+            net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            tok = AutoTokenizer.from_pretrained(path)
+            engine = HFEngine(net, tok)
+            return net, {src: accuracy(engine, tok, heldout if src == "plain" else
+                                       [with_prefix(e, src) for e in heldout], cfg.max_new_tokens) for src in sources}
+
+    snaps = sorted(int(d.split("_")[1]) for d in os.listdir(work) if d.startswith("step_"))
+    curve = {step: evaluate(os.path.join(work, f"step_{step:05d}"))[1]["plain"] for step in snaps}
     picked = closest(curve, TARGETS)
     os.makedirs(root, exist_ok=True)
-    out = {"command": COMMAND.format(steps=steps, every=every, stop_at=stop_at), "machine": _machine(), "config": asdict(cfg),
-           "seconds": info["seconds"], "curve": {str(s): a for s, a in sorted(curve.items())}, "warm_starts": {}}
+    out = {"command": command, "machine": _machine(), "config": asdict(cfg),
+           "curve": {str(s): a for s, a in sorted(curve.items())}, "warm_starts": {}}
     for name, step in picked.items():
-        src, dst = os.path.join(work, f"step_{step:05d}"), os.path.join(root, name)
+        dst = os.path.join(root, name)
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
-        with deterministic():
-            net = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
-            t = AutoTokenizer.from_pretrained(dst)
-            engine = HFEngine(net, t)
-            acc = {source: accuracy(engine, t, heldout if source == "plain" else
-                                    [with_prefix(e, source) for e in heldout], cfg.max_new_tokens)
-                   for source in ("plain", "answer", "solution")}
+        shutil.copytree(os.path.join(work, f"step_{step:05d}"), dst)
+        net, acc = evaluate(dst, ("plain", "answer", "solution"))
         out["warm_starts"][name] = {"step": step, "target": TARGETS[name], "accuracy": acc,
                                     "sha256": sha256_file(os.path.join(dst, "model.safetensors")),
                                     "fingerprint": fingerprint(net)}
@@ -135,11 +150,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="regenerate the shipped warm starts from one supervised run")
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--every", type=int, default=50, help="evaluate and snapshot every this many steps")
-    p.add_argument("--stop-at", type=float, default=0.9, help="stop at the first evaluation this accurate")
+    p.add_argument("--stop-at", type=float, default=0.87, help="stop at the first evaluation this accurate")
     p.add_argument("--work", default="rlsd-demo/warmstart-run", help="where the run's snapshots go")
     p.add_argument("--out", default=WARMSTARTS, help="where the shipped checkpoints and manifest.json go")
+    p.add_argument("--ship-only", action="store_true",
+                   help="no training: evaluate the snapshots already in --work and ship from them")
     args = p.parse_args(argv)
-    regenerate(args.steps, args.every, args.stop_at, args.work, args.out)
+    if args.ship_only:
+        from .warmup import WarmupConfig
+        ship(args.work, WarmupConfig(steps=args.steps, eval_every=args.every),
+             COMMAND.format(steps=args.steps, every=args.every, stop_at=args.stop_at), args.out)
+    else:
+        regenerate(args.steps, args.every, args.stop_at, args.work, args.out)
     return 0
 
 
