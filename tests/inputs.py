@@ -9,7 +9,7 @@ from rlsd_kernels import available_impls, fused_linear_logprobs, opsd_loss, refe
 from rlsd_kernels.ops.triton import interpreted
 
 # Fused impls that take these tests' CPU tensors: the Triton ones only under the interpreter (on a
-# CUDA machine with TRITON_INTERPRET=0 they are tested on the GPU by tests/test_gpu.py).
+# CUDA machine, TRITON_INTERPRET unset or 0, they are tested on the GPU by tests/test_gpu.py).
 FUSED_IMPLS = [name for name in available_impls() if name != "eager" and (interpreted() or not name.startswith("triton"))]
 SMALL_CHUNK_BYTES = 16 << 10  # a few rows per chunk on test vocabularies: every loop runs several times
 
