@@ -386,6 +386,26 @@ def test_tests_the_host_cannot_evaluate_are_refused_clearly(tests):
     assert verdict.reward == 0.0 and verdict.reason.startswith("verifier error: ValueError: tests"), verdict
 
 
+IO_CASES = [{"input": "2\n", "output": "4\n"}, {"input": "5\n", "output": "10\n"}]
+IO_TRICKS = {  # each program prints 0, or nothing, unless its trick works
+    "a str subclass equal to everything": "class S(str):\n    __eq__ = lambda s, o: True\nprint(S('0'))",
+    "output on descriptor 1 behind sys.stdout's back": "import os\nos.write(1, b'4\\n')",
+    "exit code 0 without output": "import os\nos._exit(0)",
+    "sys.stdout replaced by an object that claims the right text":
+        "import sys\nclass Out:\n    def write(self, s): pass\n    def flush(self): pass\n"
+        "    def getvalue(self): return '4\\n'\nsys.stdout = Out()\nprint(0)",
+    "an output flood": "print('0' * (8 << 20))",
+    "reading the expected output from the sandbox": "import os\nprint(sorted(os.listdir('/tmp')))",
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", sorted(IO_TRICKS))
+def test_stdin_stdout_tricks_earn_nothing(code, name):
+    verdict = code(IO_TRICKS[name], IO_CASES)
+    assert verdict.reward == 0.0 and verdict.reason.startswith("failed"), verdict
+
+
 @needs_bwrap
 def test_solution_values_cannot_stall_the_host(code):
     """Host-side arithmetic on what the solution returns is bounded, and so is the size of one answer."""

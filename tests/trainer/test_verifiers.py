@@ -64,6 +64,21 @@ def test_code_batch_keeps_order():
     assert [d.reward for d in v.batch(pairs)] == [1.0, 0.0] * 3
 
 
+IO_CASES = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"}]
+
+
+@needs_bwrap
+def test_code_stdin_stdout_cases():
+    for program in ["a, b = map(int, input().split())\nprint(a + b)",
+                    "import sys\nprint(sum(map(int, sys.stdin.buffer.read().split())), end='  \\n\\n')\nexit()"]:
+        assert verify("code", program, ex(None, tests=IO_CASES)).reward == 1.0, program
+    wrong = verify("code", "print(3)", ex(None, tests=IO_CASES))
+    assert wrong.reward == 0.0 and wrong.reason == "failed: case 2: wrong output"
+    assert verify("code", "import sys\nsys.exit(1)", ex(None, tests=IO_CASES)).reward == 0.0
+    bad = verify("code", "print(3)", ex(None, tests=[{"stdin": "1"}]))
+    assert bad.reward == 0.0 and "'input' and 'output'" in bad.reason
+
+
 def test_code_options_are_checked_when_built():
     with pytest.raises(ValueError, match="sandbox"):
         make_verifier("code", sandbox="docker")

@@ -2,10 +2,12 @@
 
 argv: ``REPORT_FD LIMITS`` (``NAME=VALUE`` resource limits joined by commas, e.g. ``CPU=6,NOFILE=64``).
 Frames on stdin and on ``REPORT_FD`` are a decimal length, a newline and that many bytes of JSON.
-The first frame on stdin is the solution's source; the runner executes it and answers ``["ready"]``,
-then answers each request with ``["value", plain]``, ``["handle", n]`` (an object that is not plain
-data, kept here as number ``n``) or ``["error", message]``. Requests: ``["get", name]`` (a global of
-the solution), ``["attr", n, name]``, ``["item", n, key]``, ``["call", n, args, kwargs]``.
+The first frame on stdin is ``["module", source]`` (the runner executes it once and answers
+``["ready"]``) or ``["program", source]`` (a program run once per ``run`` request; answers
+``["ready"]`` at once). Then each request gets ``["value", plain]``, ``["handle", n]`` (an object
+that is not plain data, kept here as number ``n``) or ``["error", message]``. Requests: ``["get",
+name]`` (a global of the solution), ``["attr", n, name]``, ``["item", n, key]``, ``["call", n,
+args, kwargs]``, and ``["run", stdin]``: the program's output (``sys.stdout``) for that input.
 
 The verdict is the host's: it evaluates the tests on the plain values it receives, so nothing here
 is trusted and nothing here is secret. The audit hook only keeps the promises of the sandbox: no
@@ -14,6 +16,7 @@ new processes, and native code only from the Python installation, never ctypes o
 
 import _signal
 import builtins
+import io
 import os
 import resource
 import sys
@@ -81,7 +84,21 @@ def _describe(exc):
         return type(exc).__name__
 
 
-def _serve(channel, namespace):
+def _run_program(code, stdin):
+    """What ``code`` writes to ``sys.stdout`` when it reads ``stdin``; ``exit()`` and ``sys.exit(0)`` end it."""
+    out = io.BytesIO()
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+    sys.stdout = stdout = io.TextIOWrapper(out, encoding="utf-8", errors="replace", write_through=True)
+    try:
+        exec(code, {"__name__": "__main__", "__builtins__": builtins, "exit": sys.exit, "quit": sys.exit})
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+    stdout.flush()  # this wrapper, whatever the program did to sys.stdout
+    return out.getvalue().decode(errors="replace")
+
+
+def _serve(channel, namespace, program):
     objects, numbers = [], {}  # number -> object, and id(object) -> number (objects are kept alive)
 
     def answer(value):
@@ -107,6 +124,8 @@ def _serve(channel, namespace):
                 reply = answer(getattr(objects[request[1]], request[2]))
             elif op == "item":
                 reply = answer(objects[request[1]][decode(request[2], deref)])
+            elif op == "run" and program is not None:
+                reply = answer(_run_program(program, request[1]))
             elif op == "call":
                 args = [decode(a, deref) for a in request[2]]
                 kwargs = {k: decode(v, deref) for k, v in request[3].items()}
@@ -125,18 +144,22 @@ def main():
     for fd in (0, 1, 2):  # the solution's stdin, stdout and stderr are /dev/null
         os.dup2(null, fd)
     os.set_inheritable(report_fd, False)
-    code = channel.receive()
+    kind, code = channel.receive()
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # past the file-size limit a write fails, not the process
     _limits(limits)
     sys.addaudithook(_hook)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace, program = {"__name__": "__main__", "__builtins__": builtins}, None
     try:
-        exec(compile(code, "<solution>", "exec"), namespace)
+        code = compile(code, "<solution>", "exec")
+        if kind == "program":
+            program = code
+        else:
+            exec(code, namespace)
         channel.send(dumps(["ready"]))
     except BaseException as exc:  # noqa: B902
         channel.send(dumps(["error", _describe(exc)]))
         os._exit(0)
-    _serve(channel, namespace)
+    _serve(channel, namespace, program)
 
 
 main()

@@ -1,8 +1,9 @@
 """Python code run against the example's tests: the solution in a bubblewrap sandbox, the tests on the host.
 
 The runner (``_runner.py``) executes the solution in the sandbox and answers requests over two
-pipes; the tests are evaluated here (``judge``) on the plain values that come back, so the
-verdict rests on nothing the solution controls (see README.md here).
+pipes; assert-style tests are evaluated here (``judge``) on the plain values that come back, and
+stdin/stdout cases are compared here with the program's output, so the verdict rests on nothing
+the solution controls (see README.md here).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import Verdict, judge, register
@@ -57,11 +59,11 @@ def _reference(value):
     return value.number if type(value) is judge.Handle else None
 
 
-class _Sandbox:
+class _Remote:
     """The runner's process as the tests' ``remote``: one frame each way per request, within ``deadline``."""
 
-    def __init__(self, to_runner: int, from_runner: int, deadline: float, timeout: float):
-        self.to_runner, self.from_runner, self.deadline, self.timeout = to_runner, from_runner, deadline, timeout
+    def __init__(self, to_runner: int, from_runner: int, deadline: float):
+        self.to_runner, self.from_runner, self.deadline = to_runner, from_runner, deadline
         self.buffer = b""
         os.set_blocking(to_runner, False)
 
@@ -70,7 +72,7 @@ class _Sandbox:
         poller.register(fd, event)
         left = self.deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
-            raise judge.Failed(f"timeout after {self.timeout}s")
+            raise judge.Timeout("no answer in time")
 
     def send(self, message) -> None:
         data = dumps(message)
@@ -142,11 +144,48 @@ def parse_tests(tests: str) -> judge.Program:
     return judge.parse(tests)
 
 
+@dataclass(frozen=True)
+class IOCase:
+    """A program's standard input and the standard output expected of it."""
+    input: str
+    output: str
+
+
+def same_output(got: str, expected: str) -> bool:
+    """Equal line by line, ignoring trailing whitespace on each line and trailing empty lines."""
+    def lines(text):
+        out = [line.rstrip() for line in text.splitlines()]
+        while out and not out[-1]:
+            out.pop()
+        return out
+    return lines(got) == lines(expected)
+
+
+def _check_io(cases: list, remote: _Remote, deadline: float) -> None:
+    for number, case in enumerate(cases, 1):
+        got = remote.request("run", case.input)
+        if type(got) is not str:
+            raise judge.Failed(f"case {number}: the output is not text")
+        if not same_output(got, case.output):
+            raise judge.Failed(f"case {number}: wrong output")
+
+
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
               sandbox: str = "bwrap") -> Verdict:
     """Reward 1 iff every statement of ``tests``, evaluated here on what the solution ``code`` returns
     in the sandbox, holds within ``timeout`` seconds. Tests that :mod:`judge` cannot run raise ``ValueError``."""
-    program = parse_tests(tests)
+    return _in_sandbox("module", code, parse_tests(tests).run, timeout, memory_mb, file_mb, sandbox)
+
+
+def run_io(code: str, cases: list, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
+           sandbox: str = "bwrap") -> Verdict:
+    """Reward 1 iff the program ``code``, run once per :class:`IOCase` in the sandbox, prints each case's
+    output (:func:`same_output`, compared here) for its input, all within ``timeout`` seconds."""
+    return _in_sandbox("program", code, functools.partial(_check_io, cases), timeout, memory_mb, file_mb, sandbox)
+
+
+def _in_sandbox(kind: str, code: str, check, timeout: float, memory_mb: int, file_mb: int, sandbox: str) -> Verdict:
+    """Start the runner on ``code`` (``kind``: ``module`` or ``program``) and run ``check(remote, deadline)``."""
     deadline = time.monotonic() + timeout
     read_fd, write_fd = os.pipe()
     argv = [python_executable(), "-I", "-S", "-B", "-c", RUNNER, str(write_fd)]
@@ -169,15 +208,17 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
         finally:
             os.close(write_fd)
         try:
-            runner = _Sandbox(proc.stdin.fileno(), read_fd, deadline, timeout)
-            runner.send(code)
+            runner = _Remote(proc.stdin.fileno(), read_fd, deadline)
+            runner.send([kind, code])
             started = runner.receive()
             if started != ["ready"]:
-                return Verdict(0.0, f"failed: the solution did not run: {started[1] if type(started) is list and len(started) == 2 else started}"[:600])
-            program.run(runner, deadline)
+                error = started[1] if type(started) is list and len(started) == 2 and type(started[1]) is str else "?"
+                return Verdict(0.0, f"failed: the solution did not run: {error[:500]}")
+            check(runner, deadline)
+        except judge.Timeout:
+            return Verdict(0.0, f"timeout after {timeout}s")
         except judge.Failed as exc:
-            reason = str(exc)
-            return Verdict(0.0, reason if reason.startswith("timeout") else f"failed: {reason}")
+            return Verdict(0.0, f"failed: {exc}")
         except (SolutionError, NotPlain) as exc:
             return Verdict(0.0, f"failed: {exc}{_last_line(err)}")
         finally:
@@ -192,12 +233,18 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024
 @register("code", check=check_sandbox)
 def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
                  sandbox: str = "bwrap") -> Verdict:
-    """Reward 1 iff the tests (``example.meta['tests']``, else the answer: statements such as
-    ``assert f(2) == 4``) hold for the response's code within ``timeout`` seconds."""
+    """Reward 1 iff the tests (``example.meta['tests']``, else the answer) hold for the response's code
+    within ``timeout`` seconds: statements such as ``assert f(2) == 4`` (a string, or a list of
+    strings), or a list of ``{"input": ..., "output": ...}`` cases for a program that reads stdin."""
     tests = example.meta.get("tests", example.answer)
-    if isinstance(tests, list):
-        tests = "\n".join(tests)
     code = extract_code(response)
     if not code.strip():
         return Verdict(0.0, "malformed: no code")
+    if isinstance(tests, list) and tests and all(isinstance(t, dict) for t in tests):
+        if not all(set(t) == {"input", "output"} for t in tests):
+            raise ValueError("tests: each stdin/stdout case needs exactly the keys 'input' and 'output'")
+        cases = [IOCase(str(t["input"]), str(t["output"])) for t in tests]
+        return run_io(code, cases, timeout, memory_mb, file_mb, sandbox)
+    if isinstance(tests, list):
+        tests = "\n".join(tests)
     return run_tests(code, str(tests), timeout, memory_mb, file_mb, sandbox)

@@ -35,7 +35,11 @@ MAX_LENGTH = 1 << 20    # items of a sequence (or range) the tests' arithmetic m
 
 
 class Failed(Exception):
-    """An assert that does not hold, an error while evaluating the tests, or the time limit."""
+    """An assert that does not hold, or an error while evaluating the tests."""
+
+
+class Timeout(Failed):
+    """The tests did not end by their deadline."""
 
 
 class Handle:
@@ -197,7 +201,7 @@ class _Run:
 
     def tick(self):
         if time.monotonic() > self.deadline:
-            raise Failed("timeout")
+            raise Timeout("the tests did not end in time")
 
     # ------------------------------------------------------------------ statements
     def block(self, body, env):
