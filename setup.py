@@ -10,6 +10,7 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["rlsd_kernels", "rlsd_kernels.*"]) + find_packages("python"),
     package_dir={"rlsd": "python/rlsd"},
-    package_data={"rlsd_kernels": ["ops/CONTRACT.md"]},
+    package_data={"rlsd_kernels": ["ops/CONTRACT.md"],
+                  "rlsd.demo": ["warmstarts/manifest.json", "warmstarts/*/*"]},
     data_files=[("share/rlsd-kernels/csrc", ["csrc/epilogue.cpp"])],
 )
