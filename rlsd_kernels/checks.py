@@ -1,7 +1,8 @@
 """Argument checks: every bad input gets a ValueError / TypeError naming the argument.
 
-Value checks (NaN/inf, token ids out of range) raise at once for CPU tensors; on an accelerator
-they are queued as device-side asserts (``torch._assert_async``) so a loss never syncs the host.
+Value checks (NaN/inf, token ids out of range, log-probs above 0, mask values other than 0 and 1)
+raise at once for CPU tensors; on an accelerator they are queued as device-side asserts
+(``torch._assert_async``) so a loss never syncs the host.
 """
 
 from __future__ import annotations
@@ -177,13 +178,28 @@ def rlsd_options(*, lam, eps_w, eps_low, eps_high, dual_clip, kl_coef, kl_type, 
 
 
 def mask(t, shape, device):
-    """The [B, T] response mask: any dtype (bool, integer, float), finite."""
+    """The [B, T] response mask: any dtype (bool, integer, float), every value 0 or 1."""
     tensor(t, "mask")
     same_shape(t, "mask", shape, "one entry per token, like targets")
     same_device(device, mask=t)
     if t.is_floating_point():
         finite(t, "mask")
+    if t.dtype != torch.bool and t.numel():
+        _value_check(((t == 0) | (t == 1)).all(), "mask must hold only 0 and 1 (a weight per token goes in "
+                     "token_weights)")
     return t
+
+
+LOGPROB_TOLERANCE = 1e-4  # a log-prob may exceed 0 by this much: the rounding of a low-precision log-softmax
+
+
+def logprobs(t, name: str, mask_):
+    """Log-probs are <= 0 (up to LOGPROB_TOLERANCE) wherever ``mask_`` counts the token; masked
+    positions may hold anything finite."""
+    if t is not None and t.numel():
+        _value_check(((t <= LOGPROB_TOLERANCE) | (mask_ == 0)).all(),
+                     f"{name} must be log-probabilities (<= 0, with a rounding tolerance of "
+                     f"{LOGPROB_TOLERANCE:g}) at the unmasked tokens, got a larger value")
 
 
 def normalizer(value, device):
@@ -216,8 +232,12 @@ def loss_inputs(backend, hidden, weight, targets, mask_, bias, temperature, teac
         if teacher_hidden.dtype != hidden.dtype:
             raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} differs from hidden dtype {hidden.dtype}")
         finite(teacher_hidden, "teacher_hidden")
+    if teacher_hidden is not None and optional.get("teacher_logprobs") is not None:
+        raise ValueError("pass teacher_hidden or teacher_logprobs, not both (one of them would be ignored)")
     for name, t in optional.items():
         per_token(t, name, shape, hidden.device)
+        if name.endswith("logprobs"):
+            logprobs(t, name, mask_)
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     normalizer(normalizer_, hidden.device)
