@@ -12,7 +12,8 @@ import numbers
 
 import torch
 
-from .math import KL_TYPES, LOSS_AGGS, RLSDConfig
+from .math import LOSS_AGGS
+from .ops.base import compute_dtype
 
 
 def _value_check(ok: torch.Tensor, message: str):
@@ -48,7 +49,7 @@ def finite(t, name: str):
     if t.device.type != "cpu":
         _value_check(torch.isfinite(torch.linalg.vector_norm(t, float("inf"))), f"{name} contains NaN or inf")
         return
-    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    total = t.sum(dtype=compute_dtype(t))
     if torch.isfinite(total):
         return
     _value_check(torch.isfinite(t).all(), f"{name} contains NaN or inf")
@@ -117,11 +118,6 @@ def per_token(t, name: str, shape, device):
     return t
 
 
-def positive(value, name: str, allow_zero=True):
-    """A finite number >= 0 (> 0 with ``allow_zero=False``)."""
-    return number(value, name, low=0.0, low_open=not allow_zero)
-
-
 def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """A finite real number (not a bool, string or tensor) within [low, high] (open ends where
     asked), as a float."""
@@ -158,23 +154,6 @@ def count(value, name: str, allow_none=True):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a whole number > 0{' (or None)' if allow_none else ''}, got {value!r}")
     return int(value)
-
-
-def rlsd_options(*, lam, eps_w, eps_low, eps_high, dual_clip, kl_coef, kl_type, entropy_coef,
-                 negative_only) -> RLSDConfig:
-    """The scalar options of rlsd_loss, checked, as an RLSDConfig."""
-    if kl_type not in KL_TYPES:
-        raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
-    return RLSDConfig(
-        lam=number(lam, "lam", low=0.0, high=1.0),
-        eps_w=number(eps_w, "eps_w", low=0.0, high=1.0, high_open=True),
-        eps_low=number(eps_low, "eps_low", low=0.0, high=1.0, high_open=True),
-        eps_high=number(eps_high, "eps_high", low=0.0),
-        dual_clip=None if dual_clip is None else number(dual_clip, "dual_clip", low=1.0, low_open=True),
-        kl_coef=number(kl_coef, "kl_coef", low=0.0),
-        kl_type=kl_type,
-        entropy_coef=number(entropy_coef, "entropy_coef"),
-        negative_only=flag(negative_only, "negative_only"))
 
 
 def mask(t, shape, device):

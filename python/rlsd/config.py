@@ -17,7 +17,9 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from rlsd_kernels.math import KL_TYPES, LOSS_AGGS, RLSDConfig
+from rlsd_kernels.math import LOSS_AGGS
+from rlsd_kernels.options import FIELDS as LOSS_OPTIONS
+from rlsd_kernels.options import RLSDOptions
 from rlsd_kernels.ops import IMPLS
 from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
 
@@ -78,7 +80,7 @@ class TeacherConfig:
 class AlgoConfig:
     name: str = "rlsd"                   # grpo | opsd | grpo+opsd | rlsd
     advantage: str = "grpo"              # grpo: (R - mean) / (std + 1e-6) | drgrpo: R - mean
-    lam: float = RLSDConfig.lam          # RLSD credit strength (ignored by grpo / opsd)
+    lam: float = RLSDOptions.lam          # RLSD credit strength (ignored by grpo / opsd)
     # constant | linear: lam -> lam_end over lam_decay_steps | warmup-decay (the authors'): 0 -> lam
     # over lam_warmup_steps, then lam -> 0 over lam_decay_steps (0: stays at lam), advantages.lam_at
     lam_schedule: str = "constant"
@@ -88,13 +90,13 @@ class AlgoConfig:
     negative_only: bool = False          # reweight only responses with A < 0 (the rest keep Ahat = A)
     credit_span: str = "all"             # all | thought: reweight only tokens before the final answer,
     answer_marker: str = ""              # ... which starts at the last occurrence of this text's tokens
-    eps_w: float = RLSDConfig.eps_w
-    eps_low: float = RLSDConfig.eps_low
-    eps_high: float = RLSDConfig.eps_high
-    dual_clip: Optional[float] = RLSDConfig.dual_clip
-    entropy_coef: float = RLSDConfig.entropy_coef
-    kl_coef: float = RLSDConfig.kl_coef  # > 0 keeps a frozen copy of the start as the reference
-    kl_type: str = RLSDConfig.kl_type
+    eps_w: float = RLSDOptions.eps_w
+    eps_low: float = RLSDOptions.eps_low
+    eps_high: float = RLSDOptions.eps_high
+    dual_clip: Optional[float] = RLSDOptions.dual_clip
+    entropy_coef: float = RLSDOptions.entropy_coef
+    kl_coef: float = RLSDOptions.kl_coef  # > 0 keeps a frozen copy of the start as the reference
+    kl_type: str = RLSDOptions.kl_type
     loss_agg: str = "token-mean"         # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     opsd_form: str = "sampled"           # sampled | jsd
     opsd_beta: float = 0.5
@@ -249,7 +251,6 @@ def _value_problems(cfg: Config) -> list:
         ("algo.lam_schedule", a.lam_schedule, ("constant", "linear", "warmup-decay")),
         ("algo.credit_span", a.credit_span, ("all", "thought")),
         ("algo.loss_agg", a.loss_agg, LOSS_AGGS),
-        ("algo.kl_type", a.kl_type, KL_TYPES),
         ("algo.opsd_form", a.opsd_form, ("sampled", "jsd")),
         ("train.impl", t.impl, ("auto",) + tuple(IMPLS)),
     ]
@@ -262,18 +263,10 @@ def _value_problems(cfg: Config) -> list:
         ("rollout.max_new_tokens", r.max_new_tokens, r.max_new_tokens >= 1, ">= 1"),
         ("rollout.temperature", r.temperature, math.isfinite(r.temperature) and r.temperature > 0, "a finite number > 0"),
         ("teacher.sync_every", te.sync_every, te.sync_every >= 1, ">= 1"),
-        ("algo.lam", a.lam, 0 <= a.lam <= 1, "in [0, 1]"),
         ("algo.lam_end", a.lam_end, 0 <= a.lam_end <= 1, "in [0, 1]"),
         ("algo.lam_decay_steps", a.lam_decay_steps, a.lam_decay_steps >= (a.lam_schedule != "warmup-decay"),
          ">= 0 (0: no decay)" if a.lam_schedule == "warmup-decay" else ">= 1"),
         ("algo.lam_warmup_steps", a.lam_warmup_steps, a.lam_warmup_steps >= 0, ">= 0 (0: no warmup)"),
-        ("algo.eps_w", a.eps_w, 0 <= a.eps_w < 1, "in [0, 1)"),
-        ("algo.eps_low", a.eps_low, 0 <= a.eps_low < 1, "in [0, 1)"),
-        ("algo.eps_high", a.eps_high, math.isfinite(a.eps_high) and a.eps_high >= 0, "a finite number >= 0"),
-        ("algo.dual_clip", a.dual_clip, a.dual_clip is None or (math.isfinite(a.dual_clip) and a.dual_clip > 1),
-         "null or a finite number > 1"),
-        ("algo.entropy_coef", a.entropy_coef, math.isfinite(a.entropy_coef) and a.entropy_coef >= 0, "a finite number >= 0"),
-        ("algo.kl_coef", a.kl_coef, math.isfinite(a.kl_coef) and a.kl_coef >= 0, "a finite number >= 0"),
         ("algo.opsd_beta", a.opsd_beta, 0 <= a.opsd_beta <= 1, "in [0, 1]"),
         ("algo.opsd_coef", a.opsd_coef, math.isfinite(a.opsd_coef) and a.opsd_coef >= 0, "a finite number >= 0"),
         ("train.steps", t.steps, t.steps >= 1, ">= 1"),
@@ -308,6 +301,7 @@ def _value_problems(cfg: Config) -> list:
              "a non-empty list of module names"),
         ]
     problems += [f"{key} must be {what}, got {value!r}" for key, value, ok, what in ranges if not ok]
+    problems += [f"algo.{p}" for name in LOSS_OPTIONS if (p := RLSDOptions.problem(name, getattr(a, name)))]
     problems += _template_problems("data.prompt_template", d.prompt_template, ("prompt",))
     problems += _template_problems("teacher.template", te.template, ("prompt", "reference"))
     problems += _verifier_problems(cfg.verifier)
