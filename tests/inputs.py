@@ -161,6 +161,8 @@ def assert_close_to_truth(case: Case, impl: str, dtype, api="rlsd", device="cpu"
     assert len(got.values) == len(want.values) and len(got.grads) == len(want.grads)
     named = list(zip(["value"] * len(want.values) + ["grad"] * len(want.grads),
                      got.values + got.grads, want.values + want.grads))
+    for name, g, t in named:
+        assert g.shape == t.shape and (name == "value" or g.dtype == dtype), name
     if dtype == torch.bfloat16:
         eager = call(case.to(device), api, "eager", **kwargs).cpu()
         for (name, g, t), e in zip(named, eager.values + eager.grads):
@@ -175,12 +177,15 @@ def assert_close_to_truth(case: Case, impl: str, dtype, api="rlsd", device="cpu"
         return want
     tol = tol[dtype]
     for name, g, t in named:
-        assert name == "value" or g.dtype == dtype, name
-        assert g.shape == t.shape, name
         assert max_rel_err(g, t) < tol, name
     for key, t in want.metrics.items():
         assert abs(got.metrics[key].item() - t.item()) < max(tol, 1e-6) * (1 + abs(t.item())), key
     return want
+
+
+# dtypes of the option tests, by "is a Triton impl": the interpreter is slow, so those take float64
+# only there (the same kernels in float32 are checked by every test_matches_truth)
+OPTION_DTYPES = {False: (torch.float64, torch.float32), True: (torch.float64,)}
 
 
 def assert_differs(a: Result, b: Result, margin=1e-3):

@@ -1,6 +1,6 @@
 """The eager backend (impl ``"eager"``): materialises the [N, V] logits and lets autograd
-differentiate them, as a user of plain PyTorch would. The baseline of the benchmarks; the truth
-the tests compare against is :mod:`rlsd_kernels.reference`, which does not go through this file.
+differentiate them, as a user of plain PyTorch would. The baseline of the benchmarks; it is tested,
+like every backend, against the independent float64 truth in ``tests/truth.py``.
 """
 
 from __future__ import annotations

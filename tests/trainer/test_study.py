@@ -196,3 +196,21 @@ def test_regimes_command_reports_from_the_shipped_warm_starts(tmp_path):
     assert "opsd-lr5e-5" in summary["settings"]["arms"]
     with pytest.raises(SystemExit, match="unknown warm starts"):
         main(["study", "--regimes", "--strengths", "w99"])
+
+
+def test_study_loads_the_shipped_warm_start_by_default(tmp_path):
+    import json
+    from rlsd.cli import main
+    from rlsd.demo.shipped import DEMO, manifest
+    out = tmp_path / "out"
+    assert main(["study", "--report-only", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    warm = json.loads((out / "summary.json").read_text())["warm_start"]
+    assert warm["fingerprint"] == manifest()["warm_starts"][DEMO]["fingerprint"]
+
+
+def test_no_reach_difference_when_no_run_reaches_the_threshold():
+    from rlsd.demo.regimes import summarize_strength
+    flat = {0: 0.4, 5: 0.4, 10: 0.5}
+    runs = {a: {s: regime_records(flat) for s in (0, 1)} for a in ("grpo", "opsd")}
+    v = summarize_strength(runs, 0.4, steps=10, eval_every=5, tail=1)["arms"]["opsd"].vs_grpo
+    assert set(v) == {"final", "auc"}

@@ -8,7 +8,8 @@ evaluated every 2: what 160 runs allow on a 2-core machine). Per run:
     auc     area under the accuracy curve over [0, steps], divided by steps (trapezoids; %)
     reach   first evaluated step with accuracy >= threshold = warm + (1 - warm) / 3 (a third of
             what the warm start leaves to learn); a run that never reaches it counts as
-            steps + eval_every (censored; the count is reported)
+            steps + eval_every (censored; the count is reported; no reach difference when
+            neither arm reached it on any paired seed)
     clip    mean credit-clip fraction over the run, on credited tokens (A != 0: the kernel's
             ``credit_clip_frac``) and on all response tokens of the rollout (x ``credited_frac``)
 
@@ -137,11 +138,10 @@ def summarize_strength(runs: dict, warm: float, steps: int, eval_every: int, tai
             g = scores["grpo"]
             censor = steps + eval_every
             if len(both) > 1:
-                e.vs_grpo = {
-                    "final": paired([per[s].final - g[s].final for s in both]),
-                    "auc": paired([per[s].auc - g[s].auc for s in both]),
-                    "reach": paired([(per[s].reach or censor) - (g[s].reach or censor) for s in both]),
-                }
+                e.vs_grpo = {"final": paired([per[s].final - g[s].final for s in both]),
+                             "auc": paired([per[s].auc - g[s].auc for s in both])}
+                if any(x.reach is not None for x in [per[s] for s in both] + [g[s] for s in both]):
+                    e.vs_grpo["reach"] = paired([(per[s].reach or censor) - (g[s].reach or censor) for s in both])
         out[a] = e
     return {"warm": 100 * warm, "threshold": 100 * thr, "arms": out}
 
@@ -197,7 +197,8 @@ def write_scores_csv(summary: dict, path: str) -> None:
 
 def plot_regimes(summary: dict, path: str) -> None:
     """Top: accuracy curves per warm start (mean over seeds); bottom: paired final and AUC
-    differences from GRPO (95% intervals) against the warm start's accuracy."""
+    differences from GRPO (95% intervals) and the credit-clip fraction on both denominators,
+    against the warm start's accuracy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -228,7 +229,16 @@ def plot_regimes(summary: dict, path: str) -> None:
         ax.axhline(0, color="grey", lw=1)
         ax.set_title(f"{metric} accuracy - grpo (points, paired, 95% CI)")
         ax.set_xlabel("warm-start held-out accuracy (%)")
-    for ax in axes[1][2:]:
+    ax = axes[1][2]
+    for i, a in enumerate(arms):
+        pts = [(r["warm"], r["arms"][a]) for r in regs.values() if a in r["arms"] and r["arms"][a]["clip_credited"]]
+        if pts:
+            ax.plot([w for w, _ in pts], [e["clip_credited"] for _, e in pts], "o-", color=f"C{i}", label=f"{a}: A != 0")
+            ax.plot([w for w, _ in pts], [e["clip_all"] for _, e in pts], "s--", color=f"C{i}", label=f"{a}: all tokens")
+    ax.set_title("credit-clip fraction (%), mean over the run")
+    ax.set_xlabel("warm-start held-out accuracy (%)")
+    ax.legend(fontsize=7)
+    for ax in axes[1][3:]:
         ax.axis("off")
     axes[1][0].legend(fontsize=7)
     fig.tight_layout()

@@ -168,7 +168,7 @@ def parse(tests: str) -> Program:
     except SyntaxError as exc:
         raise ValueError(f"tests: {exc}") from None
     for node in ast.walk(tree):
-        line = getattr(node, "lineno", "?")
+        line = getattr(node, "lineno", None) or getattr(getattr(node, "target", None), "lineno", "?")
         if isinstance(node, ast.stmt) and not isinstance(node, _STATEMENTS):
             raise ValueError(f"tests, line {line}: {type(node).__name__} statements are not supported")
         if isinstance(node, ast.expr_context) or isinstance(node, (ast.stmt, ast.Module, ast.alias)):
@@ -183,7 +183,8 @@ def parse(tests: str) -> Program:
             for name in [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]:
                 if name not in HOST_MODULES:
                     raise ValueError(f"tests, line {line}: only {sorted(HOST_MODULES)} can be imported, not {name!r}")
-        for target in node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.For) else []:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.For, ast.comprehension)) else []
+        for target in targets:
             if not all(isinstance(t, (ast.Name, ast.Tuple, ast.List)) for t in ast.walk(target) if isinstance(t, ast.expr)):
                 raise ValueError(f"tests, line {line}: only names (and tuples of names) can be assigned to")
         if isinstance(node, ast.Attribute) and (node.attr.startswith("_") or node.attr in _REFUSED_ATTRIBUTES):
