@@ -15,7 +15,11 @@ Each part runs in its own process, its output in ``DIR/<part>.log``; ``DIR/summa
   tests/integrations/test_trl.py.
 - ``long_step``: ``benchmarks.long_step`` with all 24 layers of the Qwen2.5-0.5B architecture
   (bfloat16, gradient checkpointing, SDPA, live teacher) at 8k, 16k and 32k response tokens, fused
-  head and eager head, then ``--fit``: the longest response each fits (``DIR/long_step/``).
+  head and eager head, then ``--fit``: the longest response each fits (``DIR/long_step/``). It runs
+  from the checkout (``python -m``), so it imports the checkout's rlsd_kernels; the other parts import
+  the installed one.
+
+``--parts`` runs some of them (e.g. one call per part where a call's time is limited).
 
 ``--smoke`` is the same on the CPU at tiny sizes (the plan only, nothing installed; two kernel test
 files; the long step on a tiny stand-in shape), for CI (tests/test_gpu_e2e.py).
@@ -166,7 +170,8 @@ def rlsd_train(run: Run) -> str:
 
 
 def trl(run: Run) -> str:
-    sh(run, "trl", [sys.executable, "-m", "benchmarks.gpu_e2e", "--trl-child", run.out / "trl", "--device", run.device])
+    # run by path: its own folder on sys.path, not the checkout, so the installed package is imported
+    sh(run, "trl", [sys.executable, Path(__file__).resolve(), "--trl-child", run.out / "trl", "--device", run.device])
     return last_line(run, "trl")
 
 

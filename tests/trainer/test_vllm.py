@@ -24,7 +24,9 @@ PROMPTS = ["12+34+56=", "71+22+13=", "45+45+10="]
 @pytest.fixture(scope="module")
 def setup():
     model, tok = tiny_setup()
-    return model, tok, VLLMEngine(model, tok, max_new_tokens=12)
+    engine = VLLMEngine(model, tok, max_new_tokens=12)
+    yield model, tok, engine
+    engine.close()  # while its process groups exist (a later in-process `rlsd train` destroys them)
 
 
 def trainer_logprobs(model, groups, temperature):
