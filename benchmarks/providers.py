@@ -44,8 +44,10 @@ import torch
 import rlsd_kernels
 from rlsd_kernels import fused_linear_logprobs, rlsd_loss
 from rlsd_kernels.api import resolve_impl
-from rlsd_kernels.math import RLSDConfig, aggregation_weights, rlsd_credit, rlsd_token_loss
+from rlsd_kernels.math import rlsd_credit, rlsd_token_loss
 from rlsd_kernels.ops import FUSED, usable
+from rlsd_kernels.options import RLSDOptions
+from rlsd_kernels.tokens import token_inputs
 
 from benchmarks.inputs import MiB, Shape
 from benchmarks.measure import Step
@@ -54,7 +56,7 @@ MODES = ("forward", "backward", "full")
 KERNELS = ("rlsd_loss", "logprobs")
 FLOOR = {"rlsd_loss": "gemm-floor", "logprobs": "logprobs-gemm-floor"}  # ratio_to_floor's denominator
 EAGER = {"rlsd_loss": "eager", "logprobs": "logprobs-eager"}            # ratio_to_eager's denominator
-CFG = RLSDConfig(lam=1.0)  # defaults (docs/math.md): eps_w 0.2, eps_low 0.2, eps_high 0.28, no KL, no entropy
+CFG = RLSDOptions(lam=1.0)  # defaults (docs/math.md): eps_w 0.2, eps_low 0.2, eps_high 0.28, no KL, no entropy
 FLOOR_CHUNK_BYTES = 512 * MiB  # the floor's logits buffer: [N, V] up to this size, else row chunks
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
 
@@ -89,13 +91,6 @@ def step(case: Case, mode: str) -> Step:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _token_inputs(x, lp_teacher):
-    """The detached per-token inputs of the RLSD math (what rlsd_loss builds internally)."""
-    agg = aggregation_weights(x["mask"], "token-mean")
-    return {"agg": agg, "adv": x["advantages"].unsqueeze(-1).expand_as(agg).to(agg.dtype),
-            "lp_teacher": lp_teacher, "lp_old": x["old_logprobs"]}
-
-
 def _rlsd_from_primitive(logprobs):
     """RLSD loss from a log-prob primitive ``logprobs(hidden [n, H], weight, targets [n]) -> lp [n]``."""
 
@@ -105,7 +100,9 @@ def _rlsd_from_primitive(logprobs):
         lp = logprobs(h.reshape(-1, H), w, y.reshape(-1)).view(y.shape)
         with torch.no_grad():
             lp_t = logprobs(th.reshape(-1, H), w, y.reshape(-1)).view(y.shape)
-        return rlsd_token_loss(CFG, lp.float(), None, _token_inputs(x, lp_t.float())).sum()
+        tok = token_inputs(x["mask"], x["advantages"], "token-mean", None, torch.float32, teacher_logprobs=lp_t,
+                           old_logprobs=x["old_logprobs"])  # what rlsd_loss builds internally
+        return rlsd_token_loss(CFG, lp.float(), None, tok).sum()
 
     return loss_fn
 

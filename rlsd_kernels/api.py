@@ -7,11 +7,14 @@ from __future__ import annotations
 import torch
 
 from . import autograd, checks
-from .math import RLSDConfig, masked_mean, opsd_sampled_token_loss, rlsd_metrics, rlsd_token_loss
+from .math import masked_mean, rlsd_metrics
 from .ops import IMPLS, HeadBackend, auto, get_backend, usable
+from .ops.base import compute_dtype
 from .ops.triton import interpreted as triton_interpreted
+from .options import FIELDS, RLSDOptions
+from .tokens import OPSDSampledTokenLoss, RLSDTokenLoss, Rows, TokenTerms, token_inputs
 
-_D = RLSDConfig  # the option defaults live in one place: RLSDConfig's fields
+_D = RLSDOptions()  # the option defaults live in one place: RLSDOptions' fields
 
 
 def available_impls() -> list:
@@ -54,12 +57,24 @@ def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0
     """
     backend = _select(impl, hidden, weight, memory_budget)
     checks.head(hidden, weight, bias, targets, temperature, None, backend.vocab_size(weight))
-    return_entropy = checks.flag(return_entropy, "return_entropy")
+    compute_entropy = checks.flag(return_entropy, "return_entropy")
     H = hidden.shape[-1]
     lp, ent = autograd.LinearLogprobs.apply(hidden.reshape(-1, H), weight, bias, targets.reshape(-1).long(),
-                                            1.0 / temperature, return_entropy, backend)
+                                            1.0 / temperature, compute_entropy, backend)
     shape = targets.shape
-    return lp.view(shape), (ent.view(shape) if return_entropy else None)
+    return lp.view(shape), (ent.view(shape) if compute_entropy else None)
+
+
+def _options(options, given) -> RLSDOptions:
+    """The options of one call: ``options`` (the keywords then left at their defaults) or the keywords."""
+    if options is None:
+        return RLSDOptions(**given)
+    if not isinstance(options, RLSDOptions):
+        raise TypeError(f"options must be an RLSDOptions, got {type(options).__name__}")
+    changed = [k for k, v in given.items() if v is not getattr(_D, k) and v != getattr(_D, k)]
+    if changed:
+        raise ValueError(f"pass options or its fields, not both: got options and {changed}")
+    return options
 
 
 def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None,
@@ -67,22 +82,24 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
               eps_low=_D.eps_low, eps_high=_D.eps_high, dual_clip=_D.dual_clip, kl_coef=_D.kl_coef,
               kl_type=_D.kl_type, entropy_coef=_D.entropy_coef, token_weights=None, credit_mask=None,
               negative_only=_D.negative_only, compute_entropy=False, loss_agg="token-mean", normalizer=None,
-              impl="auto", memory_budget=None):
+              impl="auto", memory_budget=None, options=None):
     """RLSD policy loss (docs/math.md): verifier sign, self-teacher magnitude; ``lam=0`` is GRPO/DAPO.
 
         delta = lp_T - lp_S;  w = exp(sign(A) delta);  Ahat = A ((1 - lam) + lam clamp(w, 1 - eps_w, 1 + eps_w))
         l_t   = max(-Ahat rho, -Ahat clamp(rho, 1 - eps_low, 1 + eps_high)),  rho = exp(lp_S - lp_old)
         L     = sum_t agg_t token_weights_t (l_t + kl_coef KL_t - entropy_coef H_t)
 
-    hidden [B, T, H] (student), weight [V, H], targets [B, T] ints, advantages [B] or [B, T], mask [B, T].
-    The teacher enters as ``teacher_hidden`` [B, T, H] (its log-probs are taken in the same sweep)
-    or precomputed ``teacher_logprobs`` [B, T]. Returns ``(loss, metrics)``; metrics are detached
-    0-d tensors (credit_clip_frac, delta_mean, delta_abs_mean, ppo_clip_frac, approx_kl, and
-    entropy_mean when the entropy is computed: ``entropy_coef != 0`` or ``compute_entropy``).
-    ``memory_budget`` as in :func:`fused_linear_logprobs`.
+    hidden [B, T, H] (student), weight [V, H], targets [B, T] ints, advantages [B] or [B, T], mask [B, T]
+    of 0 and 1. The teacher enters as ``teacher_hidden`` [B, T, H] (its log-probs are taken in the
+    same sweep) or precomputed ``teacher_logprobs`` [B, T], not both. The scalar options are
+    :class:`~rlsd_kernels.options.RLSDOptions`' fields, or ``options=`` one such object. Returns
+    ``(loss, metrics)``; metrics are detached 0-d tensors (credit_clip_frac, delta_mean,
+    delta_abs_mean, ppo_clip_frac, approx_kl, and entropy_mean when the entropy is computed:
+    ``entropy_coef != 0`` or ``compute_entropy``). ``memory_budget`` as in :func:`fused_linear_logprobs`.
     """
-    cfg = checks.rlsd_options(lam=lam, eps_w=eps_w, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
-                              kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef, negative_only=negative_only)
+    options = _options(options, dict(lam=lam, eps_w=eps_w, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
+                                     kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef,
+                                     negative_only=negative_only))
     compute_entropy = checks.flag(compute_entropy, "compute_entropy")
     backend = _select(impl, hidden, weight, memory_budget)
     checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
@@ -94,28 +111,24 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
                          f"{tuple(targets.shape)}, got {tuple(advantages.shape)}")
     checks.same_device(hidden.device, advantages=advantages)
     checks.finite(advantages, "advantages")
-    if cfg.needs_teacher and teacher_hidden is None and teacher_logprobs is None:
+    if options.needs_teacher and teacher_hidden is None and teacher_logprobs is None:
         raise ValueError("lam != 0 needs the teacher: pass teacher_hidden or teacher_logprobs (lam=0 is GRPO)")
-    if cfg.kl_coef != 0.0 and ref_logprobs is None:
+    if options.kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
-    if not cfg.needs_teacher:
+    if not options.needs_teacher:
         teacher_hidden = teacher_logprobs = None  # GRPO: the teacher is not read
-    elif teacher_logprobs is not None:
-        teacher_hidden = None
 
-    rows = autograd.Rows(mask, hidden.device)
-    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    tok = autograd.token_inputs(rows, mask, advantages, loss_agg, normalizer, dtype, lp_teacher=teacher_logprobs,
-                                lp_old=old_logprobs, lp_ref=ref_logprobs, token_weights=token_weights,
-                                credit_mask=credit_mask)
-    loss, stats = autograd.sampled_token_loss(
-        backend, hidden, weight, bias, targets, 1.0 / temperature, teacher_hidden, rows, tok,
-        lambda lp_, ent_, t: rlsd_token_loss(cfg, lp_, ent_, t), cfg.needs_entropy or compute_entropy,
-        cfg.needs_entropy)
-    tok["valid"] = rows.valid()
-    if stats.lp_teacher is not None:
-        tok["lp_teacher"] = stats.lp_teacher
-    return loss, rlsd_metrics(cfg, stats.lp, stats.ent, tok)
+    rows = Rows(mask, hidden.device)
+    tok = token_inputs(mask, advantages, loss_agg, normalizer, compute_dtype(hidden), rows,
+                       teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                       token_weights=token_weights, credit_mask=credit_mask)
+    terms = TokenTerms(RLSDTokenLoss(options), tok)
+    loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLossParams(
+        backend, targets, 1.0 / temperature, teacher_hidden, rows, terms,
+        options.needs_entropy_grad or compute_entropy))
+    if stats.teacher_logprobs is not None:
+        tok = tok.replace(teacher_logprobs=stats.teacher_logprobs)
+    return loss, rlsd_metrics(options, stats.lp, stats.ent, tok)
 
 
 def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_logprobs=None, form="sampled",
@@ -140,55 +153,48 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
                        teacher_logprobs=teacher_logprobs, token_weights=token_weights)
     if teacher_hidden is None and (form == "jsd" or teacher_logprobs is None):
         raise ValueError(f"form={form!r} needs teacher_hidden" + ("" if form == "jsd" else " or teacher_logprobs"))
-    rows = autograd.Rows(mask, hidden.device)
-    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    valid = rows.valid()
+    rows = Rows(mask, hidden.device)
+    dtype = compute_dtype(hidden)
     if form == "jsd":
-        tok = autograd.token_inputs(rows, mask, None, loss_agg, normalizer, dtype, token_weights=token_weights)
-        weights = tok["agg"] * tok.get("token_weights", 1.0)
-        loss, jsd = autograd.jsd_loss(backend, hidden, weight, bias, teacher_hidden, 1.0 / temperature, beta,
-                                      weights, rows)
-        return loss, {"jsd_mean": masked_mean(jsd, valid)}
-    if teacher_logprobs is not None:
-        teacher_hidden = None
-    tok = autograd.token_inputs(rows, mask, None, loss_agg, normalizer, dtype, lp_teacher=teacher_logprobs,
-                                token_weights=token_weights)
-    loss, stats = autograd.sampled_token_loss(backend, hidden, weight, bias, targets, 1.0 / temperature,
-                                              teacher_hidden, rows, tok,
-                                              lambda lp_, ent_, t: opsd_sampled_token_loss(lp_, t),
-                                              compute_entropy, False)
-    lp_teacher = tok["lp_teacher"] if stats.lp_teacher is None else stats.lp_teacher
-    metrics = {"delta_mean": masked_mean(lp_teacher - stats.lp, valid)}
+        tok = token_inputs(mask, None, loss_agg, normalizer, dtype, rows, token_weights=token_weights)
+        weights = tok.agg if tok.token_weights is None else tok.agg * tok.token_weights
+        loss, jsd = autograd.jsd_loss(hidden, weight, bias, autograd.JSDParams(
+            backend, teacher_hidden, 1.0 / temperature, beta, weights, rows))
+        return loss, {"jsd_mean": masked_mean(jsd, tok.valid)}
+    tok = token_inputs(mask, None, loss_agg, normalizer, dtype, rows, teacher_logprobs=teacher_logprobs,
+                       token_weights=token_weights)
+    loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLossParams(
+        backend, targets, 1.0 / temperature, teacher_hidden, rows, TokenTerms(OPSDSampledTokenLoss(), tok),
+        compute_entropy))
+    teacher_lp = tok.teacher_logprobs if stats.teacher_logprobs is None else stats.teacher_logprobs
+    metrics = {"delta_mean": masked_mean(teacher_lp - stats.lp, tok.valid)}
     if compute_entropy:
-        metrics["entropy_mean"] = masked_mean(stats.ent, valid)
+        metrics["entropy_mean"] = masked_mean(stats.ent, tok.valid)
     return loss, metrics
 
 
 class FusedLinearRLSDLoss(torch.nn.Module):
-    """Module form of :func:`rlsd_loss`: options at construction, tensors at call.
+    """Module form of :func:`rlsd_loss`: options at construction (checked there, as one
+    :class:`~rlsd_kernels.options.RLSDOptions`: its fields or ``options=``), tensors at call.
 
-    ``lam`` is a plain attribute, so a schedule can set ``module.lam`` between steps.
+    ``lam`` is a plain attribute, so a schedule can set ``module.lam`` between steps (checked at
+    the next call).
     """
 
-    def __init__(self, *, temperature=1.0, lam=_D.lam, eps_w=_D.eps_w, eps_low=_D.eps_low, eps_high=_D.eps_high,
-                 dual_clip=_D.dual_clip, kl_coef=_D.kl_coef, kl_type=_D.kl_type, entropy_coef=_D.entropy_coef,
-                 negative_only=_D.negative_only, compute_entropy=False, loss_agg="token-mean", impl="auto",
-                 memory_budget=None):
+    def __init__(self, *, temperature=1.0, compute_entropy=False, loss_agg="token-mean", impl="auto",
+                 memory_budget=None, options=None, **fields):
         super().__init__()
-        self.options = dict(temperature=temperature, lam=lam, eps_w=eps_w, eps_low=eps_low, eps_high=eps_high,
-                            dual_clip=dual_clip, kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef,
-                            negative_only=negative_only, compute_entropy=compute_entropy, loss_agg=loss_agg,
-                            impl=impl, memory_budget=memory_budget)
-
-    @property
-    def lam(self):
-        return self.options["lam"]
-
-    @lam.setter
-    def lam(self, value):
-        self.options["lam"] = value
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            raise TypeError(f"FusedLinearRLSDLoss got unexpected options {unknown}; RLSDOptions has {list(FIELDS)}")
+        self.options = _options(options, {**{k: getattr(_D, k) for k in FIELDS}, **fields})
+        self.lam = self.options.lam
+        self.call_options = dict(temperature=temperature, compute_entropy=compute_entropy, loss_agg=loss_agg,
+                                 impl=impl, memory_budget=memory_budget)
 
     def forward(self, hidden, weight, targets, advantages, mask, bias=None, **tensors):
         """``tensors``: teacher_hidden, teacher_logprobs, old_logprobs, ref_logprobs, token_weights,
         credit_mask, normalizer."""
-        return rlsd_loss(hidden, weight, targets, advantages, mask, bias=bias, **tensors, **self.options)
+        self.options = self.options.with_lam(self.lam)
+        return rlsd_loss(hidden, weight, targets, advantages, mask, bias=bias, **tensors, options=self.options,
+                         **self.call_options)

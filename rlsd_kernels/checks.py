@@ -1,7 +1,8 @@
 """Argument checks: every bad input gets a ValueError / TypeError naming the argument.
 
-Value checks (NaN/inf, token ids out of range) raise at once for CPU tensors; on an accelerator
-they are queued as device-side asserts (``torch._assert_async``) so a loss never syncs the host.
+Value checks (NaN/inf, token ids out of range, log-probs above 0, mask values other than 0 and 1)
+raise at once for CPU tensors; on an accelerator they are queued as device-side asserts
+(``torch._assert_async``) so a loss never syncs the host.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numbers
 
 import torch
 
-from .math import KL_TYPES, LOSS_AGGS, RLSDConfig
+from .math import LOSS_AGGS
+from .ops.base import compute_dtype
 
 
 def _value_check(ok: torch.Tensor, message: str):
@@ -47,7 +49,7 @@ def finite(t, name: str):
     if t.device.type != "cpu":
         _value_check(torch.isfinite(torch.linalg.vector_norm(t, float("inf"))), f"{name} contains NaN or inf")
         return
-    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    total = t.sum(dtype=compute_dtype(t))
     if torch.isfinite(total):
         return
     _value_check(torch.isfinite(t).all(), f"{name} contains NaN or inf")
@@ -116,11 +118,6 @@ def per_token(t, name: str, shape, device):
     return t
 
 
-def positive(value, name: str, allow_zero=True):
-    """A finite number >= 0 (> 0 with ``allow_zero=False``)."""
-    return number(value, name, low=0.0, low_open=not allow_zero)
-
-
 def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """A finite real number (not a bool, string or tensor) within [low, high] (open ends where
     asked), as a float."""
@@ -159,31 +156,29 @@ def count(value, name: str, allow_none=True):
     return int(value)
 
 
-def rlsd_options(*, lam, eps_w, eps_low, eps_high, dual_clip, kl_coef, kl_type, entropy_coef,
-                 negative_only) -> RLSDConfig:
-    """The scalar options of rlsd_loss, checked, as an RLSDConfig."""
-    if kl_type not in KL_TYPES:
-        raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
-    return RLSDConfig(
-        lam=number(lam, "lam", low=0.0, high=1.0),
-        eps_w=number(eps_w, "eps_w", low=0.0, high=1.0, high_open=True),
-        eps_low=number(eps_low, "eps_low", low=0.0, high=1.0, high_open=True),
-        eps_high=number(eps_high, "eps_high", low=0.0),
-        dual_clip=None if dual_clip is None else number(dual_clip, "dual_clip", low=1.0, low_open=True),
-        kl_coef=number(kl_coef, "kl_coef", low=0.0),
-        kl_type=kl_type,
-        entropy_coef=number(entropy_coef, "entropy_coef"),
-        negative_only=flag(negative_only, "negative_only"))
-
-
 def mask(t, shape, device):
-    """The [B, T] response mask: any dtype (bool, integer, float), finite."""
+    """The [B, T] response mask: any dtype (bool, integer, float), every value 0 or 1."""
     tensor(t, "mask")
     same_shape(t, "mask", shape, "one entry per token, like targets")
     same_device(device, mask=t)
     if t.is_floating_point():
         finite(t, "mask")
+    if t.dtype != torch.bool and t.numel():
+        _value_check(((t == 0) | (t == 1)).all(), "mask must hold only 0 and 1 (a weight per token goes in "
+                     "token_weights)")
     return t
+
+
+LOGPROB_TOLERANCE = 1e-4  # a log-prob may exceed 0 by this much: the rounding of a low-precision log-softmax
+
+
+def logprobs(t, name: str, mask_):
+    """Log-probs are <= 0 (up to LOGPROB_TOLERANCE) wherever ``mask_`` counts the token; masked
+    positions may hold anything finite."""
+    if t is not None and t.numel():
+        _value_check(((t <= LOGPROB_TOLERANCE) | (mask_ == 0)).all(),
+                     f"{name} must be log-probabilities (<= 0, with a rounding tolerance of "
+                     f"{LOGPROB_TOLERANCE:g}) at the unmasked tokens, got a larger value")
 
 
 def normalizer(value, device):
@@ -216,8 +211,12 @@ def loss_inputs(backend, hidden, weight, targets, mask_, bias, temperature, teac
         if teacher_hidden.dtype != hidden.dtype:
             raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} differs from hidden dtype {hidden.dtype}")
         finite(teacher_hidden, "teacher_hidden")
+    if teacher_hidden is not None and optional.get("teacher_logprobs") is not None:
+        raise ValueError("pass teacher_hidden or teacher_logprobs, not both (one of them would be ignored)")
     for name, t in optional.items():
         per_token(t, name, shape, hidden.device)
+        if name.endswith("logprobs"):
+            logprobs(t, name, mask_)
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     normalizer(normalizer_, hidden.device)

@@ -3,7 +3,7 @@
 Everything here acts on small per-token tensors (lp, entropy, advantages, ...), never on logits.
 The eager reference and every fused backend call these same functions: a backend only has to
 produce the student's target log-prob ``lp`` and entropy ``ent`` per token (and the teacher's
-``lp_teacher``); the per-token gradient coefficients dL/dlp and dL/dent are taken by autograd
+``teacher_logprobs``); the per-token gradient coefficients dL/dlp and dL/dent are taken by autograd
 through these functions on [n]-sized tensors.
 
 Conventions: ``loss = sum_t agg_t * l_t`` where ``agg_t`` (see :func:`aggregation_weights`)
@@ -13,37 +13,17 @@ by chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .options import RLSDOptions
+    from .tokens import TokenInputs
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3")
 LOG_RATIO_CLAMP = 20.0  # |lp - lp_old| beyond this is clamped before exp, as in veRL
-
-
-@dataclass(frozen=True)
-class RLSDConfig:
-    """Scalar options of :func:`rlsd_kernels.rlsd_loss` (docs/math.md: RLSD credit, the clipped surrogate)."""
-
-    lam: float = 1.0
-    eps_w: float = 0.2
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    dual_clip: Optional[float] = None
-    kl_coef: float = 0.0
-    kl_type: str = "k3"
-    entropy_coef: float = 0.0
-    negative_only: bool = False
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.lam != 0.0
-
-    @property
-    def needs_entropy(self) -> bool:
-        return self.entropy_coef != 0.0
 
 
 def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None, dtype=torch.float32) -> torch.Tensor:
@@ -130,27 +110,26 @@ def kl_penalty(lp, lp_ref, kl_type: str):
     raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
 
 
-def rlsd_token_loss(cfg: RLSDConfig, lp, ent, tok: dict):
+def rlsd_token_loss(options: "RLSDOptions", lp, ent, tok: "TokenInputs"):
     """Aggregated per-token loss ``agg_t * w_t * (surrogate_t + kl_coef KL_t - entropy_coef H_t)``.
 
-    ``lp`` (and ``ent`` if the entropy term is on) carry the gradient; ``tok`` holds detached
-    per-token inputs: ``agg``, ``adv`` and optionally ``lp_teacher``, ``lp_old``, ``lp_ref``,
-    ``token_weights``, ``credit_mask``.
+    ``lp`` (and ``ent`` if the entropy term is on) carry the gradient; ``tok`` holds the detached
+    per-token inputs (``agg``, ``adv`` and the optional ones).
     """
-    adv = tok["adv"]
-    if cfg.needs_teacher:
-        adv, _ = rlsd_credit(tok["lp_teacher"] - lp.detach(), adv, cfg.lam, cfg.eps_w,
-                             cfg.negative_only, tok.get("credit_mask"))
-    lp_old = tok.get("lp_old")
+    adv = tok.adv
+    if options.needs_teacher:
+        adv, _ = rlsd_credit(tok.teacher_logprobs - lp.detach(), adv, options.lam, options.eps_w,
+                             options.negative_only, tok.credit_mask)
+    lp_old = tok.old_logprobs
     loss = clipped_surrogate(lp, lp.detach() if lp_old is None else lp_old, adv,
-                             cfg.eps_low, cfg.eps_high, cfg.dual_clip)
-    if cfg.kl_coef != 0.0:
-        loss = loss + cfg.kl_coef * kl_penalty(lp, tok["lp_ref"], cfg.kl_type)
-    if cfg.needs_entropy:
-        loss = loss - cfg.entropy_coef * ent
-    if "token_weights" in tok:
-        loss = loss * tok["token_weights"]
-    return tok["agg"] * loss
+                             options.eps_low, options.eps_high, options.dual_clip)
+    if options.kl_coef != 0.0:
+        loss = loss + options.kl_coef * kl_penalty(lp, tok.ref_logprobs, options.kl_type)
+    if options.needs_entropy_grad:
+        loss = loss - options.entropy_coef * ent
+    if tok.token_weights is not None:
+        loss = loss * tok.token_weights
+    return tok.agg * loss
 
 
 def masked_mean(x, valid):
@@ -160,41 +139,40 @@ def masked_mean(x, valid):
 
 
 @torch.no_grad()
-def rlsd_metrics(cfg: RLSDConfig, lp, ent, tok: dict) -> dict:
-    """Detached scalar diagnostics over valid tokens (``tok['valid']``); no host sync."""
-    valid = tok["valid"]
-    adv = tok["adv"]
+def rlsd_metrics(options: "RLSDOptions", lp, ent, tok: "TokenInputs") -> dict:
+    """Detached scalar diagnostics over valid tokens (``tok.valid``); no host sync."""
+    valid, adv = tok.valid, tok.adv
     out = {}
-    if "lp_teacher" in tok:
-        delta = tok["lp_teacher"] - lp
+    if tok.teacher_logprobs is not None:
+        delta = tok.teacher_logprobs - lp
         out["delta_mean"] = masked_mean(delta, valid)
         out["delta_abs_mean"] = masked_mean(delta.abs(), valid)
         out["delta_std"] = (masked_mean(delta * delta, valid) - out["delta_mean"] ** 2).clamp(min=0).sqrt()
-        _, w = rlsd_credit(delta, adv, cfg.lam, cfg.eps_w)
+        _, w = rlsd_credit(delta, adv, options.lam, options.eps_w)
         credited = valid & (adv != 0)
-        low, high = w < 1.0 - cfg.eps_w, w > 1.0 + cfg.eps_w
+        low, high = w < 1.0 - options.eps_w, w > 1.0 + options.eps_w
         out["credit_clip_low_frac"] = masked_mean(low.float(), credited)
         out["credit_clip_high_frac"] = masked_mean(high.float(), credited)
         out["credit_clip_frac"] = out["credit_clip_low_frac"] + out["credit_clip_high_frac"]
-    lp_old = tok.get("lp_old", lp)
+    lp_old = lp if tok.old_logprobs is None else tok.old_logprobs
     rho = torch.exp((lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    out["ppo_clip_low_frac"] = masked_mean(((rho < 1 - cfg.eps_low) & (adv < 0)).float(), valid)
-    out["ppo_clip_high_frac"] = masked_mean(((rho > 1 + cfg.eps_high) & (adv > 0)).float(), valid)
+    out["ppo_clip_low_frac"] = masked_mean(((rho < 1 - options.eps_low) & (adv < 0)).float(), valid)
+    out["ppo_clip_high_frac"] = masked_mean(((rho > 1 + options.eps_high) & (adv > 0)).float(), valid)
     out["ppo_clip_frac"] = out["ppo_clip_low_frac"] + out["ppo_clip_high_frac"]
     out["approx_kl"] = masked_mean(rho - 1.0 - torch.log(rho), valid)  # k3 of KL(pi_old || pi)
     if ent is not None:
         out["entropy_mean"] = masked_mean(ent, valid)
-    if "lp_ref" in tok:
-        out["ref_kl"] = masked_mean(kl_penalty(lp, tok["lp_ref"], cfg.kl_type), valid)
+    if tok.ref_logprobs is not None:
+        out["ref_kl"] = masked_mean(kl_penalty(lp, tok.ref_logprobs, options.kl_type), valid)
     return out
 
 
-def opsd_sampled_token_loss(lp, tok: dict):
-    """OPSD, sampled-token form: ``l_t = -stopgrad(lp_teacher - lp) * lp`` (aggregated)."""
-    loss = -(tok["lp_teacher"] - lp.detach()) * lp
-    if "token_weights" in tok:
-        loss = loss * tok["token_weights"]
-    return tok["agg"] * loss
+def opsd_sampled_token_loss(lp, tok: "TokenInputs"):
+    """OPSD, sampled-token form: ``l_t = -stopgrad(teacher_logprobs - lp) * lp`` (aggregated)."""
+    loss = -(tok.teacher_logprobs - lp.detach()) * lp
+    if tok.token_weights is not None:
+        loss = loss * tok.token_weights
+    return tok.agg * loss
 
 
 def generalized_jsd(student_logits, teacher_logits, beta: float):

@@ -60,8 +60,8 @@ def make_case(B=3, T=47, H=31, V=123, dtype=torch.float32, bias=True, teacher="h
         extra["teacher_logprobs"] = -torch.rand(B, T) * 5
     if old:
         with torch.no_grad():
-            extra["old_logprobs"] = torch.log_softmax(hidden @ weight.T / 1.0, -1).gather(
-                -1, targets[..., None])[..., 0] + 0.1 * torch.randn(B, T)
+            extra["old_logprobs"] = (torch.log_softmax(hidden @ weight.T / 1.0, -1).gather(
+                -1, targets[..., None])[..., 0] + 0.1 * torch.randn(B, T)).clamp(max=0.0)  # log-probs are <= 0
     return Case(hidden, weight, b, targets, adv, mask, extra).cast(dtype)
 
 
@@ -78,7 +78,8 @@ def acting_case(B=4, T=12, H=16, V=40, dtype=torch.float32):
     mask[2] = 0
     with torch.no_grad():
         lp = torch.log_softmax(hidden @ weight.T + b, -1).gather(-1, targets[..., None])[..., 0]
-    extra = {"ref_logprobs": lp + 2 * torch.rand(B, T) - 1, "old_logprobs": lp - (3.6 * torch.rand(B, T) - 1.8),
+    extra = {"ref_logprobs": (lp + 2 * torch.rand(B, T) - 1).clamp(max=0.0),  # log-probs are <= 0
+             "old_logprobs": (lp - (3.6 * torch.rand(B, T) - 1.8)).clamp(max=0.0),
              "teacher_hidden": hidden + 0.1 * torch.randn(B, T, H)}
     return Case(hidden, weight, b, targets, adv, mask, extra).cast(dtype)
 

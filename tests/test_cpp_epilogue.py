@@ -46,15 +46,15 @@ def _close(actual, expected, rtol=1e-5):
 
 @pytest.mark.parametrize("n,V", SHAPES)
 @pytest.mark.parametrize("inv_tau", INV_TAUS)
-@pytest.mark.parametrize("want_entropy", [True, False])
-def test_row_stats(n, V, inv_tau, want_entropy):
+@pytest.mark.parametrize("compute_entropy", [True, False])
+def test_row_stats(n, V, inv_tau, compute_entropy):
     z, y = _inputs(n, V, seed=n * 1000 + V)
     _, _, lp_t, lse_t, ent_t = _truth(z, y, inv_tau)
-    lp, lse, ent = cpp.row_stats(z, y, inv_tau, want_entropy)
+    lp, lse, ent = cpp.row_stats(z, y, inv_tau, compute_entropy)
     assert lp.dtype == lse.dtype == torch.float32 and lp.shape == lse.shape == (n,)
     _close(lse, lse_t)
     _close(lp, lp_t)
-    if want_entropy:
+    if compute_entropy:
         _close(ent, ent_t)
     else:
         assert ent is None

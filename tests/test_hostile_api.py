@@ -683,3 +683,94 @@ def test_triton_on_cpu_tensors_without_the_interpreter_is_refused(monkeypatch, i
     case = small()
     with pytest.raises(ValueError, match=f"impl='{impl}' runs on CUDA tensors"):
         rlsd_loss(**rlsd_args(case, impl=impl))
+
+
+# ----------------------------------------------------------------------------------------------
+# Values no caller may mean: log-probs above 0, both teachers, a mask that is not 0/1
+# ----------------------------------------------------------------------------------------------
+
+def _unmasked(case):
+    """The flat index of one unmasked token of ``case``."""
+    return int(torch.nonzero(case.mask.reshape(-1))[0])
+
+
+def _above_zero(case, base, value=0.5):
+    t = base.detach().clone()
+    t.view(-1)[_unmasked(case)] = value
+    return t
+
+
+LOGPROB_ARGS = {
+    "teacher_logprobs": lambda c, v: dict(teacher_hidden=None, teacher_logprobs=_above_zero(c, -torch.rand_like(c.mask), v)),
+    "old_logprobs": lambda c, v: dict(old_logprobs=_above_zero(c, -torch.rand_like(c.mask), v)),
+    "ref_logprobs": lambda c, v: dict(kl_coef=0.1, ref_logprobs=_above_zero(c, -torch.rand_like(c.mask), v)),
+}
+
+
+def _module_call(case, **overrides):
+    args = rlsd_args(case, **overrides)
+    options = {k: args.pop(k) for k in ("impl", "kl_coef") if k in args}
+    pos = [args.pop(k) for k in ("hidden", "weight", "targets", "advantages", "mask")]
+    return FusedLinearRLSDLoss(**options)(*pos, **args)
+
+
+@pytest.mark.parametrize("name", sorted(LOGPROB_ARGS))
+def test_logprobs_above_zero_are_refused(name):
+    case = small()
+    with pytest.raises(ValueError, match=name):
+        call_rlsd(rlsd_args(case, **LOGPROB_ARGS[name](case, 0.5)))
+    with pytest.raises(ValueError, match=name):
+        _module_call(case, **LOGPROB_ARGS[name](case, 0.5))
+    call_rlsd(rlsd_args(case, **LOGPROB_ARGS[name](case, 0.5e-4)))  # within the rounding tolerance
+
+
+def test_logprobs_above_zero_under_the_mask_are_not_read():
+    case = small()
+    t = -torch.rand_like(case.mask)
+    t[case.mask == 0] = 5.0
+    call_rlsd(rlsd_args(case, old_logprobs=t, kl_coef=0.1, ref_logprobs=t, teacher_hidden=None, teacher_logprobs=t))
+
+
+def test_opsd_refuses_teacher_logprobs_above_zero():
+    case = small()
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        call_opsd(case, "sampled", teacher_hidden=None, teacher_logprobs=_above_zero(case, -torch.rand_like(case.mask)))
+
+
+def test_both_teachers_are_refused():
+    case = small()
+    both = dict(teacher_logprobs=-torch.rand_like(case.mask))  # teacher_hidden is in the case already
+    for call in (lambda: call_rlsd(rlsd_args(case, **both)), lambda: call_rlsd(rlsd_args(case, lam=0.0, **both)),
+                 lambda: call_opsd(case, "sampled", **both), lambda: _module_call(case, **both)):
+        with pytest.raises(ValueError, match="teacher_hidden or teacher_logprobs, not both"):
+            call()
+
+
+@pytest.mark.parametrize("value", [2.0, 0.5, -1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_mask_values_other_than_zero_and_one_are_refused(value, dtype):
+    case = small()
+    if dtype == torch.int64 and value == 0.5:
+        pytest.skip("no 0.5 in an integer mask")
+    mask = _above_zero(case, case.mask, value).to(dtype)
+    for call in (lambda: call_rlsd(rlsd_args(case, mask=mask)), lambda: call_opsd(case, "sampled", mask=mask),
+                 lambda: call_opsd(case, "jsd", mask=mask), lambda: _module_call(case, mask=mask)):
+        with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
+            call()
+
+
+def test_liger_adapter_refuses_the_same_values():
+    liger = pytest.importorskip("rlsd_kernels.integrations.liger")
+    case = small()
+    module = liger.FusedLinearRLSDLigerLoss(beta=0.0, use_ref_model=False, impl="chunked")
+    args = (case.hidden, case.weight, case.targets, case.mask, case.advantages)
+    with pytest.raises(ValueError, match="old_logprobs"):
+        module(*args, old_per_token_logps=_above_zero(case, -torch.rand_like(case.mask)),
+               teacher_input=case.extra["teacher_hidden"])
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        module(*args, teacher_logprobs=_above_zero(case, -torch.rand_like(case.mask)))
+    with pytest.raises(ValueError, match="not both"):
+        module(*args, teacher_input=case.extra["teacher_hidden"], teacher_logprobs=-torch.rand_like(case.mask))
+    with pytest.raises(ValueError, match="mask must hold only 0 and 1"):
+        module(case.hidden, case.weight, case.targets, 2 * case.mask, case.advantages,
+               teacher_input=case.extra["teacher_hidden"])

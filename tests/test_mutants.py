@@ -33,8 +33,8 @@ def test_log_ratios_beyond_the_clamp(impl, side):
     clamp at 10 there."""
     case = acting_case(dtype=torch.float64)
     lp = _lp(case)
-    case.extra["old_logprobs"] = lp - side * _spread(case, 15.0, 30.0)
-    case.extra["ref_logprobs"] = lp + side * _spread(case, 15.0, 30.0)
+    case.extra["old_logprobs"] = (lp - side * _spread(case, 15.0, 30.0)).clamp(max=0.0)  # log-probs are <= 0
+    case.extra["ref_logprobs"] = (lp + side * _spread(case, 15.0, 30.0)).clamp(max=0.0)
     for kl_type in ("k1", "k2", "k3"):
         assert_close_to_truth(case, impl, torch.float64, kl_coef=0.1, kl_type=kl_type, lam=0.0)
     assert_close_to_truth(case, impl, torch.float64, dual_clip=3.0)

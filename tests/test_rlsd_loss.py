@@ -41,7 +41,7 @@ def _no_bias(case):
 def _teacher_logprobs(case):
     """The teacher given as log-probs: the teacher's own, moved by noise (so the credit changes)."""
     lp_t, _ = truth.linear_logprobs(case.extra["teacher_hidden"], case.weight, case.targets, case.bias)
-    return _with(teacher_hidden=None, teacher_logprobs=(lp_t + 0.3 * torch.randn_like(lp_t)).float())(case)
+    return _with(teacher_hidden=None, teacher_logprobs=(lp_t + 0.3 * torch.randn_like(lp_t)).clamp(max=0.0).float())(case)
 
 
 def _per_token_adv(case):

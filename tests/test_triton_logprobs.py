@@ -112,8 +112,7 @@ def test_stats_fp16_and_default_blocks():
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("with_ent", [False, True])
 @pytest.mark.parametrize("inv_tau", [1.0, 1 / 0.7])
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_backward(dtype, bias, with_ent, inv_tau, deterministic):
+def test_backward(dtype, bias, with_ent, inv_tau):
     N, H, V = 7, 31, 123
     h, W, b, y, _ = _inputs(N, H, V, dtype, bias, False, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -123,8 +122,7 @@ def test_backward(dtype, bias, with_ent, inv_tau, deterministic):
     if with_ent:
         g_ent[2] = 0.0
     _, lse, ent, _ = kernels.linear_logprob_stats(h, W, b, y, inv_tau, with_ent, **BLOCKS)
-    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, inv_tau, lse, g_lp, g_ent, ent,
-                                            deterministic=deterministic, **BLOCKS)
+    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, inv_tau, lse, g_lp, g_ent, ent, **BLOCKS)
     ref = _ref(h, W, b, y, inv_tau, g_lp=g_lp, g_ent=g_ent)
     tol = TOL[dtype]
     assert dh.shape == (N, H) and dW.shape == (V, H)
@@ -136,8 +134,7 @@ def test_backward(dtype, bias, with_ent, inv_tau, deterministic):
         assert db is None
 
 
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_backward_multiblock_skip_and_ent_recompute(deterministic):
+def test_backward_multiblock_skip_and_ent_recompute():
     # 3 token blocks, the middle one has all-zero coefficients (skipped path); ent not passed
     N, H, V = 37, 40, 200
     h, W, b, y, _ = _inputs(N, H, V, torch.float32, True, False, seed=5, scale=1.0)
@@ -147,8 +144,7 @@ def test_backward_multiblock_skip_and_ent_recompute(deterministic):
     g_lp[16:32] = 0.0
     g_ent[16:32] = 0.0
     _, lse, _, _ = kernels.linear_logprob_stats(h, W, b, y, 1 / 0.7, False, **BLOCKS)
-    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, 1 / 0.7, lse, g_lp, g_ent, None,
-                                            deterministic=deterministic, **BLOCKS)
+    dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, 1 / 0.7, lse, g_lp, g_ent, None, **BLOCKS)
     ref = _ref(h, W, b, y, 1 / 0.7, g_lp=g_lp, g_ent=g_ent)
     tol = dict(rtol=1e-4, atol=1e-4)
     _close(dh, ref["dh"], tol, "dh")
@@ -184,12 +180,11 @@ def test_mixed_dtype_and_noncontiguous():
     _close(lse, ref["lse"], TOL[torch.float32], "lse")
 
 
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_backward_dh_only(deterministic):
+def test_backward_dh_only():
     h, W, b, y, _ = _inputs(9, 20, 70, torch.float32, True, False, seed=9)
     g_lp = torch.linspace(-1, 1, 9).to(DEV)
     _, lse, _, _ = kernels.linear_logprob_stats(h, W, b, y, 1.0, False, **BLOCKS)
     dh, dW, db = kernels.linear_logprob_backward(h, W, b, y, 1.0, lse, g_lp, need_weight_grad=False,
-                                            deterministic=deterministic, **BLOCKS)
+                                                 **BLOCKS)
     assert dW is None and db is None
     _close(dh, _ref(h, W, b, y, 1.0, g_lp=g_lp)["dh"], TOL[torch.float32], "dh")

@@ -14,7 +14,10 @@ full-vocabulary JSD form excepted).
 
 from __future__ import annotations
 
+import dataclasses
+
 from rlsd_kernels import opsd_loss, rlsd_loss
+from rlsd_kernels.options import FIELDS, RLSDOptions
 
 from .config import AlgoConfig
 
@@ -39,11 +42,11 @@ def algorithm_loss(algo: AlgoConfig, lam: float, hidden, weight, targets, mask, 
     loss, metrics = 0.0, {}
     if algo.name in ("grpo", "rlsd", "grpo+opsd"):
         rl_teacher = teacher if algo.name == "rlsd" else {}
+        options = RLSDOptions(**{name: getattr(algo, name) for name in FIELDS}).with_lam(
+            lam if algo.name == "rlsd" else 0.0)
         loss, metrics = rlsd_loss(
             hidden, weight, targets, advantages, mask, **rl_teacher, old_logprobs=old_logprobs,
-            ref_logprobs=ref_logprobs, lam=lam if algo.name == "rlsd" else 0.0, eps_w=algo.eps_w,
-            eps_low=algo.eps_low, eps_high=algo.eps_high, dual_clip=algo.dual_clip, kl_coef=algo.kl_coef,
-            kl_type=algo.kl_type, entropy_coef=algo.entropy_coef, negative_only=algo.negative_only,
+            ref_logprobs=ref_logprobs, **dataclasses.asdict(options),
             credit_mask=credit_mask if algo.name == "rlsd" else None, compute_entropy=True, **common)
         metrics = dict(metrics)
     if algo.name in ("opsd", "grpo+opsd"):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 
 from ..api import fused_linear_logprobs, rlsd_loss
-from ..math import RLSDConfig
+from ..options import RLSDOptions
 from .loss_types import LOSS_TYPES
 
 
@@ -69,14 +69,15 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
 
     Beyond Liger's arguments: ``lam`` (RLSD mix, 0 = GRPO; a plain attribute, so a schedule can set
     it between steps), ``eps_w`` (credit clip), ``negative_only`` (reweight only A < 0) and ``impl``
-    (backend of ``rlsd_loss``).
+    (backend of ``rlsd_loss``). The loss options are held as one ``RLSDOptions`` (``options``),
+    checked at construction.
     """
 
     def __init__(self, beta: float = 0.04, compiled: bool = True, use_ref_model: bool = True, chunk_size: int = 1,
                  epsilon_low: float = 0.2, epsilon_high: float = 0.2, loss_type: str = "dapo",
                  max_completion_length=None, importance_sampling_level: str = "token", temperature: float = 1.0,
-                 delta=None, use_bias_correction_kl: bool = False, *, lam: float = RLSDConfig.lam,
-                 eps_w: float = RLSDConfig.eps_w, negative_only: bool = RLSDConfig.negative_only, impl="auto"):
+                 delta=None, use_bias_correction_kl: bool = False, *, lam: float = RLSDOptions.lam,
+                 eps_w: float = RLSDOptions.eps_w, negative_only: bool = RLSDOptions.negative_only, impl="auto"):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise NotImplementedError(f"loss_type {loss_type!r} is not provided; use one of {sorted(LOSS_TYPES)}")
@@ -93,8 +94,18 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
         self.epsilon_low, self.epsilon_high, self.loss_type = epsilon_low, epsilon_high, loss_type
         self.max_completion_length, self.importance_sampling_level = max_completion_length, importance_sampling_level
         self.temperature, self.delta, self.use_bias_correction_kl = temperature, delta, use_bias_correction_kl
-        self.lam, self.eps_w, self.negative_only, self.impl = lam, eps_w, negative_only, impl
+        self.lam, self.impl = lam, impl
+        self.options = RLSDOptions(eps_w=eps_w, negative_only=negative_only, kl_type="k3")
+        self.options = self._loss_options()
         self.last_metrics = {}
+
+    def _loss_options(self) -> RLSDOptions:
+        """The RLSD options with the current lam and Liger's PPO settings (one per call)."""
+        return self.options.replace(lam=self.lam, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
+                                    dual_clip=self.delta, kl_coef=self.beta if self._kl_active() else 0.0)
+
+    def _kl_active(self):
+        return self.beta != 0.0 and self.use_ref_model
 
     def _normalizer(self, attention_mask, num_items_in_batch):
         B = attention_mask.shape[0]
@@ -127,7 +138,7 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
         """
         if self.use_ref_model and ref_per_token_logps is None and ref_input is None:
             raise ValueError("If use_ref_model is True, ref_per_token_logps or ref_input must be provided")
-        kl_active = self.beta != 0.0 and self.use_ref_model
+        kl_active = self._kl_active()
         if kl_active and ref_per_token_logps is None:
             ref_per_token_logps = self._logprobs(ref_input, ref_weight, ref_bias, selected_token_ids)
         if vllm_is_ratio is not None:
@@ -137,17 +148,17 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
             vllm_is_ratio = (vllm_is_ratio.unsqueeze(-1) if vllm_is_ratio.dim() == 1 else vllm_is_ratio)
             vllm_is_ratio = vllm_is_ratio.expand(selected_token_ids.shape)
         teacher_hidden = teacher_input
-        if self.lam != 0 and teacher_logprobs is None and teacher_weight is not None:
+        self.options = self._loss_options()
+        if self.options.needs_teacher and teacher_logprobs is None and teacher_weight is not None:
             teacher_logprobs = self._logprobs(teacher_input, teacher_weight, teacher_bias, selected_token_ids)
             teacher_hidden = None
         loss, metrics = rlsd_loss(
             _input, lin_weight, selected_token_ids, advantages, attention_mask, teacher_hidden=teacher_hidden,
             teacher_logprobs=teacher_logprobs, bias=bias, old_logprobs=old_per_token_logps,
-            ref_logprobs=ref_per_token_logps if kl_active else None, temperature=self.temperature, lam=self.lam,
-            eps_w=self.eps_w, eps_low=self.epsilon_low, eps_high=self.epsilon_high, dual_clip=self.delta,
-            kl_coef=self.beta if kl_active else 0.0, kl_type="k3", token_weights=vllm_is_ratio,
-            credit_mask=credit_mask, negative_only=self.negative_only, loss_agg=LOSS_TYPES[self.loss_type],
-            normalizer=self._normalizer(attention_mask, num_items_in_batch), impl=self.impl)
+            ref_logprobs=ref_per_token_logps if kl_active else None, temperature=self.temperature,
+            options=self.options, token_weights=vllm_is_ratio, credit_mask=credit_mask,
+            loss_agg=LOSS_TYPES[self.loss_type], normalizer=self._normalizer(attention_mask, num_items_in_batch),
+            impl=self.impl)
         self.last_metrics = metrics
         clip_ratio = metrics["ppo_clip_frac"]
         if self.beta == 0.0:

@@ -51,7 +51,7 @@ from trl.trainer.utils import pad
 
 from ..api import rlsd_loss
 from ..privileged import PRIVILEGED_TEMPLATE
-from ..math import RLSDConfig
+from ..options import RLSDOptions
 from .loss_types import LOSS_TYPES
 
 
@@ -95,13 +95,20 @@ class RLSDTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, privileged_column: str = "privileged", teacher_template: str = PRIVILEGED_TEMPLATE,
-                 lam: float = RLSDConfig.lam, eps_w: float = RLSDConfig.eps_w,
-                 negative_only: bool = RLSDConfig.negative_only, impl="auto", **kwargs):
+                 lam: float = RLSDOptions.lam, eps_w: float = RLSDOptions.eps_w,
+                 negative_only: bool = RLSDOptions.negative_only, impl="auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.privileged_column, self.teacher_template = privileged_column, teacher_template
-        self.lam, self.eps_w, self.negative_only, self.impl = lam, eps_w, negative_only, impl
+        self.lam, self.impl = lam, impl
         self._check_supported()
+        self.options = RLSDOptions(eps_w=eps_w, negative_only=negative_only, kl_type="k3")
+        self.options = self._loss_options()
         add_hidden_forward(self.model.get_base_model() if is_peft_model(self.model) else self.model)
+
+    def _loss_options(self) -> RLSDOptions:
+        """The RLSD options with the trainer's current lam and TRL's PPO settings (one per call)."""
+        return self.options.replace(lam=self.lam, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
+                                    dual_clip=self.args.delta, kl_coef=self.beta)
 
     def _check_supported(self):
         args = self.args
@@ -164,8 +171,9 @@ class RLSDTrainer(GRPOTrainer):
         hidden = self._completion_hidden(model, inputs["prompt_ids"], inputs["prompt_mask"], completion_ids,
                                          completion_mask)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        self.options = self._loss_options()
         teacher_hidden = None
-        if self.lam != 0:
+        if self.options.needs_teacher:
             if "teacher_prompt_ids" not in inputs:
                 raise ValueError(f"lam != 0 needs the privileged context: the dataset has no "
                                  f"{self.privileged_column!r} column")
@@ -180,9 +188,7 @@ class RLSDTrainer(GRPOTrainer):
             hidden.to(head.weight.dtype), head.weight, completion_ids, inputs["advantages"], mask,
             teacher_hidden=teacher_hidden, bias=head.bias, old_logprobs=inputs.get("old_per_token_logps"),
             ref_logprobs=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, temperature=self.temperature,
-            lam=self.lam, eps_w=self.eps_w, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
-            dual_clip=self.args.delta, kl_coef=self.beta, kl_type="k3", token_weights=token_weights,
-            negative_only=self.negative_only, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
+            options=self.options, token_weights=token_weights, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
             normalizer=self._normalizer(mask, inputs, mode), impl=self.impl)
         self._log_rlsd_metrics(metrics, mode)
         return loss

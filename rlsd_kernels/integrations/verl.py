@@ -48,7 +48,8 @@ import functools
 import torch
 
 from ..api import fused_linear_logprobs
-from ..math import LOG_RATIO_CLAMP, RLSDConfig, clipped_surrogate, masked_mean, rlsd_credit
+from ..math import LOG_RATIO_CLAMP, clipped_surrogate, masked_mean, rlsd_credit
+from ..options import RLSDOptions
 
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
 
@@ -83,7 +84,7 @@ def with_teacher(loss_fn, key: str = TEACHER_KEY):
 
 
 def logprobs_from_hidden(hidden_states, vocab_weights, input_ids, temperature=1.0, *, bias=None,
-                         calculate_entropy=True, impl="auto"):
+                         calculate_entropy=True, impl="auto"):  # calculate_entropy: veRL's spelling
     """Target log-probs ``log softmax((h W^T + b) / temperature)[y]`` and the full-vocabulary entropy,
     chunked over the vocabulary (no [tokens, V] logits), differentiable through both.
 
@@ -127,9 +128,10 @@ class RLSDPolicyLoss:
     ``global_batch_info``).
     """
 
-    def __init__(self, lam: float = RLSDConfig.lam, eps_w: float = RLSDConfig.eps_w,
-                 negative_only: bool = RLSDConfig.negative_only):
-        self.lam, self.eps_w, self.negative_only = lam, eps_w, negative_only
+    def __init__(self, lam: float = RLSDOptions.lam, eps_w: float = RLSDOptions.eps_w,
+                 negative_only: bool = RLSDOptions.negative_only):
+        self.options = RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only)
+        self.lam = lam
 
     def __call__(self, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
                  rollout_is_weights=None, *, teacher_log_prob=None, credit_mask=None):
@@ -148,17 +150,18 @@ class RLSDPolicyLoss:
         mask = response_mask.bool()
         metrics = {}
         adv = advantages
-        if self.lam != 0:
+        self.options = options = self.options.with_lam(self.lam)
+        if options.needs_teacher:
             teacher = _TEACHER.get() if teacher_log_prob is None else teacher_log_prob
             if teacher is None:
                 raise ValueError("lam != 0 needs the teacher log-probs: pass teacher_log_prob or call inside "
                                  "`with teacher_log_probs(t):` (lam=0 is veRL's vanilla loss)")
             delta = (teacher - log_prob).detach()
-            adv, w = rlsd_credit(delta, advantages, self.lam, self.eps_w, self.negative_only, credit_mask)
+            adv, w = rlsd_credit(delta, advantages, options.lam, options.eps_w, options.negative_only, credit_mask)
             credited = mask & (advantages != 0)
             metrics["actor/rlsd_delta_mean"] = masked_mean(delta, mask).item()
             metrics["actor/rlsd_credit_clip_frac"] = masked_mean(
-                ((w < 1 - self.eps_w) | (w > 1 + self.eps_w)).float(), credited).item()
+                ((w < 1 - options.eps_w) | (w > 1 + options.eps_w)).float(), credited).item()
         losses = clipped_surrogate(log_prob, old_log_prob, adv, eps_low, eps_high, dual_clip=clip_c)
         if rollout_is_weights is not None:
             losses = losses * rollout_is_weights

@@ -5,20 +5,23 @@ A backend computes, for token rows h [N, H] against the LM head W [V, H] (+ b), 
 and turns per-token coefficients g_lp = dL/dlp, g_ent = dL/dent into dh, dW, db. Every method takes
 its arguments in one order, ``(h, W, b, y, inv_tau, ...)``, and returns a named tuple.
 
-``TokenFn(rows, lp, ent, lp_teacher) -> (loss_t, g_lp, g_ent)`` is the per-token loss of a chunk of
-rows (a ``slice``): the detached per-token loss and its gradient coefficients (g_ent None when the
-loss does not depend on the entropy).
+A loss of per-token terms reaches ``loss_and_grad`` as a :class:`rlsd_kernels.tokens.TokenTerms`,
+called per chunk of rows as ``terms(rows, lp, ent, teacher_logprobs) -> (loss_t, g_lp, g_ent)``:
+the detached per-token loss and its gradient coefficients (g_ent None when the loss does not
+depend on the entropy).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 
+if TYPE_CHECKING:
+    from ..tokens import TokenTerms
+
 Tensor = torch.Tensor
-TokenFn = Callable[[slice, Tensor, Optional[Tensor], Optional[Tensor]], tuple]
 
 
 class Stats(NamedTuple):
@@ -27,7 +30,7 @@ class Stats(NamedTuple):
     lp: Tensor
     lse: Tensor
     ent: Optional[Tensor]
-    lp_teacher: Optional[Tensor]
+    teacher_logprobs: Optional[Tensor]
 
 
 class Grads(NamedTuple):
@@ -63,8 +66,8 @@ class HeadBackend(abc.ABC):
         return self
 
     @abc.abstractmethod
-    def stats(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher=None) -> Stats:
-        """Student statistics (and the teacher's target log-prob when ``h_teacher`` is given)."""
+    def stats(self, h, W, b, y, inv_tau: float, compute_entropy: bool, teacher_hidden=None) -> Stats:
+        """Student statistics (and the teacher's target log-prob when ``teacher_hidden`` is given)."""
 
     @abc.abstractmethod
     def backward(self, h, W, b, y, inv_tau: float, stats: Stats, g_lp, g_ent,
@@ -72,18 +75,25 @@ class HeadBackend(abc.ABC):
         """dh, dW, db of sum_t (g_lp_t lp_t + g_ent_t ent_t), given ``stats`` of the same inputs."""
 
     @abc.abstractmethod
-    def jsd_loss_and_grad(self, h, W, b, h_teacher, inv_tau: float, beta: float, weights,
+    def jsd_loss_and_grad(self, h, W, b, teacher_hidden, inv_tau: float, beta: float, weights,
                           need_grad: bool, need_weight_grad: bool = True) -> JSDAndGrad:
         """Per-token JSD_beta(p_T || p_S) and the gradient of sum_t weights_t JSD_t (through p_S)."""
 
-    def loss_and_grad(self, h, W, b, y, inv_tau: float, want_entropy: bool, h_teacher, token_fn: TokenFn,
-                      need_grad: bool, need_weight_grad: bool = True) -> LossAndGrad:
+    def loss_and_grad(self, h, W, b, y, inv_tau: float, compute_entropy: bool, teacher_hidden,
+                      terms: "TokenTerms", need_grad: bool, need_weight_grad: bool = True) -> LossAndGrad:
         """Statistics, per-token loss and (if ``need_grad``) the gradient. Chunked backends
         override it to form the gradient while each chunk's logits are in memory."""
-        stats = self.stats(h, W, b, y, inv_tau, want_entropy, h_teacher)
-        loss_t, g_lp, g_ent = token_fn(slice(0, h.shape[0]), stats.lp, stats.ent, stats.lp_teacher)
-        grads = self.backward(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad) if need_grad else None
-        return LossAndGrad(loss_t, stats, grads)
+        return two_passes(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+                          need_weight_grad)
+
+
+def two_passes(algo, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+               need_weight_grad) -> LossAndGrad:
+    """``loss_and_grad`` from ``algo.stats`` over all rows, the token terms once, then ``algo.backward``."""
+    stats = algo.stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden)
+    loss_t, g_lp, g_ent = terms(slice(0, h.shape[0]), stats.lp, stats.ent, stats.teacher_logprobs)
+    grads = algo.backward(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad) if need_grad else None
+    return LossAndGrad(loss_t, stats, grads)
 
 
 def compute_dtype(h) -> torch.dtype:

@@ -1,12 +1,15 @@
 """Chunked LM-head passes: GEMMs into reused buffers, pluggable epilogues, never [N, V].
 
-Float32 / float64 (every CPU call): one sweep over chunks of ``n`` rows. The teacher's [n, V]
+Two algorithms, one class each; :class:`ChunkedHead` picks one per call.
+
+:class:`RowSweep`, float32 / float64 (every CPU call): one sweep over chunks of ``n`` rows. The teacher's [n, V]
 logits (if any) are formed and reduced to its target log-prob, then the student's logits are formed
 in the same buffer and reduced to (lp, lse, ent) by ``row_stats``; once the per-token coefficients
 are known, ``dlogits_`` turns the buffer into dz in place, and the dh and dW GEMMs consume it: four
 GEMMs in all for a loss with a teacher, none repeated, dW accumulated over chunks.
 
-bfloat16 / float16 on CUDA: the GEMMs run in that dtype on the tensor cores with float32 results,
+
+:class:`VocabSweep`, bfloat16 / float16 on CUDA: the GEMMs run in that dtype on the tensor cores with float32 results,
 in two sweeps. The statistics sweep goes over row chunks as above (teacher and student logits,
 float32). The gradient sweep goes over blocks of ``w`` vocabulary rows: z = h W_blk^T [N, w] is
 formed again, turned into dz (rounded to the input dtype, as in any bf16 backward), then
@@ -29,23 +32,24 @@ import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..math import generalized_jsd
 from . import gemm
-from .base import Grads, HeadBackend, JSDAndGrad, LossAndGrad, Stats, compute_dtype
+from .base import Grads, HeadBackend, JSDAndGrad, LossAndGrad, Stats, compute_dtype, two_passes
 
 CPU_CHUNK_BYTES = 64 << 20    # one float32 buffer of logits: fits the CPU's caches well enough
 ALIGN = 128                   # chunk rows / vocabulary blocks come in multiples of this
 CUDA_CHUNK_BYTES = 512 << 20  # >= ~880 rows (or vocabulary rows at N = 32k: ~2700) of float32 logits at V = 152k
 
 
-def torch_row_stats(z, y, inv_tau: float, want_entropy: bool):
+def torch_row_stats(z, y, inv_tau: float, compute_entropy: bool):
     """(lp, lse, ent or None) of softmax(z * inv_tau) per row; z is [n, V] float."""
     s = z * inv_tau
     lse = torch.logsumexp(s, dim=-1)
     lp = s.gather(1, y.unsqueeze(1)).squeeze(1) - lse
     ent = None
-    if want_entropy:
+    if compute_entropy:
         ent = lse - (torch.softmax(s, dim=-1) * s).sum(-1)
     return lp, lse, ent
 
@@ -53,7 +57,7 @@ def torch_row_stats(z, y, inv_tau: float, want_entropy: bool):
 def torch_dlogits_(z, y, lse, g_lp, g_ent, ent, inv_tau: float, out=None):
     """dz = inv_tau (g_lp (onehot - p) - g_ent p (log p + ent)), written over z (and copied to
     ``out``, of the GEMM dtype, when given). Targets outside [0, z.shape[1]) (another vocabulary
-    block's) add no one-hot term."""
+    block's or shard's) add no one-hot term."""
     z.mul_(inv_tau).sub_(lse.unsqueeze(1))  # log p
     coef = g_lp.unsqueeze(1)
     if g_ent is not None:
@@ -83,10 +87,9 @@ TORCH_EPILOGUES = Epilogues(torch_row_stats, torch_dlogits_)
 
 @dataclasses.dataclass
 class _Plan:
-    """How one call runs: stats dtype, GEMM operands, rows per chunk and the reused buffers."""
+    """How one call runs: stats dtype, GEMM operands, rows per chunk and the reused buffer."""
 
     cd: torch.dtype                 # statistics / gradient dtype (float32, float64 for float64)
-    low: bool                       # bf16 / fp16 tensor-core GEMMs with float32 results (CUDA)
     W: torch.Tensor                 # the head in the GEMM dtype
     b: Optional[torch.Tensor]       # the bias in cd
     rows: int
@@ -94,8 +97,109 @@ class _Plan:
     budget: int                     # bytes of chunk buffers
 
 
+class RowSweep:
+    """Float32 / float64 GEMMs: statistics, per-token loss, dz and dh / dW in one sweep over row
+    chunks (module docstring)."""
+
+    gemm_in_input_dtype = False  # the head is converted to the compute dtype for the GEMMs
+
+    def __init__(self, head: "ChunkedHead"):
+        self.head = head
+
+    def plan(self, h, W, b, buffer=True) -> _Plan:
+        return self.head._plan(h, W, b, self.gemm_in_input_dtype, buffer)
+
+    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None) -> Stats:
+        return self.sweep(h, W, b, y, inv_tau, compute_entropy, teacher_hidden, None, False, False).stats
+
+    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
+        head, plan = self.head, self.plan(h, W, b)
+        dlogits_ = head._epilogues(plan.cd).dlogits_
+        grads = head._new_grads(h, W, b, plan.cd, need_weight_grad)
+        for sl in head._rows(h, plan):
+            hc = head._operand(h, sl, plan)
+            z = head._logits(hc, plan, hc.shape[0])
+            dlogits_(z, y[sl], stats.lse[sl], g_lp[sl], None if g_ent is None else g_ent[sl],
+                     None if stats.ent is None else stats.ent[sl], inv_tau)
+            head._accumulate(z, hc, plan, sl, grads)
+        return grads
+
+    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+                      need_weight_grad=True) -> LossAndGrad:
+        return self.sweep(h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad, need_weight_grad)
+
+    def sweep(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+              need_weight_grad) -> LossAndGrad:
+        """Per chunk: teacher then student logits (one buffer), stats, and with ``terms`` the
+        per-token loss, then (``need_grad``) dz, dh and dW."""
+        head, plan = self.head, self.plan(h, W, b)
+        epilogues = head._epilogues(plan.cd)
+        N = h.shape[0]
+        new = lambda: torch.empty(N, dtype=plan.cd, device=h.device)  # noqa: E731
+        lp, lse = new(), new()
+        ent = new() if compute_entropy else None
+        lp_t = new() if teacher_hidden is not None else None
+        loss_t = new() if terms is not None else None
+        grads = head._new_grads(h, W, b, plan.cd, need_weight_grad) if need_grad else None
+        for sl in head._rows(h, plan):
+            n = sl.stop - sl.start
+            if teacher_hidden is not None:
+                zt = head._logits(head._operand(teacher_hidden, sl, plan), plan, n)
+                lp_t[sl] = epilogues.row_stats(zt, y[sl], inv_tau, False)[0]
+            hc = head._operand(h, sl, plan)
+            z = head._logits(hc, plan, n)
+            lp[sl], lse[sl], e = epilogues.row_stats(z, y[sl], inv_tau, compute_entropy)
+            if compute_entropy:
+                ent[sl] = e
+            if terms is None:
+                continue
+            loss_t[sl], g_lp, g_ent = terms(sl, lp[sl], e, None if lp_t is None else lp_t[sl])
+            if need_grad:
+                epilogues.dlogits_(z, y[sl], lse[sl], g_lp, g_ent, e, inv_tau)
+                head._accumulate(z, hc, plan, sl, grads)
+        return LossAndGrad(loss_t, Stats(lp, lse, ent, lp_t), grads)
+
+
+class VocabSweep(RowSweep):
+    """bf16 / fp16 tensor-core GEMMs with float32 results (CUDA): the statistics sweep over row
+    chunks, the per-token math once, then the gradient sweep over vocabulary blocks (module
+    docstring)."""
+
+    gemm_in_input_dtype = True
+
+    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+                      need_weight_grad=True) -> LossAndGrad:
+        return two_passes(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+                          need_weight_grad)
+
+    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
+        """dW comes back in W's dtype (each block written once), dh and db in float32."""
+        plan = self.plan(h, W, b, buffer=False)
+        N, V = h.shape[0], W.shape[0]
+        w = min(V, aligned(plan.budget // max(1, N * (4 + W.element_size()))))
+        z_buf = torch.empty(N * w, dtype=torch.float32, device=h.device)
+        dz_buf = torch.empty(N * w, dtype=W.dtype, device=h.device)
+        dh = torch.zeros(N, W.shape[1], dtype=torch.float32, device=h.device)
+        dW = torch.empty_like(W) if need_weight_grad else None
+        db = torch.empty(V, dtype=torch.float32, device=h.device) if (b is not None and need_weight_grad) else None
+        dlogits_ = self.head._epilogues(torch.float32).dlogits_
+        for v0 in range(0, V, w):
+            v1 = min(v0 + w, V)
+            Wb = W[v0:v1]
+            z = gemm.logits(h, Wb, None if plan.b is None else plan.b[v0:v1], z_buf[: N * (v1 - v0)].view(N, v1 - v0))
+            dz = dz_buf[: N * (v1 - v0)].view(N, v1 - v0)
+            dlogits_(z, y - v0, stats.lse, g_lp, g_ent, stats.ent if g_ent is not None else None, inv_tau, dz)
+            gemm.addmm_f32(dh, dz, Wb)
+            if dW is not None:
+                torch.mm(dz.t(), h, out=dW[v0:v1])
+            if db is not None:
+                torch.sum(dz, 0, dtype=torch.float32, out=db[v0:v1])
+        return Grads(dh, dW, db)
+
+
 class ChunkedHead(HeadBackend):
-    """The chunk loop, parameterised by its two epilogues."""
+    """The chunk loop, parameterised by its two epilogues; each call runs :class:`RowSweep`, or
+    :class:`VocabSweep` for CUDA bf16 / fp16 inputs."""
 
     low_precision_gemms = True  # bf16/fp16 GEMMs on CUDA (subclasses whose epilogues can't, say no)
 
@@ -111,24 +215,65 @@ class ChunkedHead(HeadBackend):
         clone.chunk_bytes = int(budget_bytes)
         return clone
 
-    # -- pieces -------------------------------------------------------------------------------
+    def algorithm(self, h) -> RowSweep:
+        """The algorithm of a call on ``h``: chosen here, once."""
+        return VocabSweep(self) if self.low_precision_gemms and gemm.low_precision(h) else RowSweep(self)
+
+    # -- the backend interface ------------------------------------------------------------------
+    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None) -> Stats:
+        return self.algorithm(h).stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden)
+
+    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
+        return self.algorithm(h).backward(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad)
+
+    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
+                      need_weight_grad=True) -> LossAndGrad:
+        return self.algorithm(h).loss_and_grad(h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms,
+                                               need_grad, need_weight_grad)
+
+    def jsd_loss_and_grad(self, h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad,
+                          need_weight_grad=True) -> JSDAndGrad:
+        """sum_t weights_t JSD_beta(p_T || p_S)_t and its gradient, chunk by chunk.
+
+        The per-chunk gradient of :func:`generalized_jsd` with respect to the chunk's logits is taken
+        by autograd on the [n, V] chunk (GEMMs in the compute dtype, one row sweep), then fed to the
+        dh / dW GEMMs.
+        """
+        cd = compute_dtype(h)
+        plan = self._plan(h, W, b, False, buffer=False)
+        jsd = torch.empty(h.shape[0], dtype=cd, device=h.device)
+        grads = self._new_grads(h, W, b, cd, need_weight_grad) if need_grad else None
+        for sl in self._rows(h, plan):
+            hc = h[sl].to(cd)
+            zt = F.linear(teacher_hidden[sl].to(cd), plan.W, plan.b)
+            z = F.linear(hc, plan.W, plan.b).requires_grad_(need_grad)
+            with torch.enable_grad():
+                j = generalized_jsd(z * inv_tau, zt * inv_tau, beta)
+                dz = torch.autograd.grad((j * weights[sl]).sum(), z)[0] if need_grad else None
+            jsd[sl] = j.detach()
+            if need_grad:
+                self._accumulate(dz, hc, plan, sl, grads)
+        return JSDAndGrad(jsd, grads)
+
+    # -- pieces the algorithms share (and VocabParallel overrides) ------------------------------
     def _epilogues(self, dtype) -> Epilogues:
         return self.epilogues if dtype == torch.float32 else TORCH_EPILOGUES  # float64: exact torch ones
 
-    def _plan(self, h, W, b, vocab_size=None, buffer=True) -> _Plan:
+    def _plan(self, h, W, b, gemm_in_input_dtype: bool, buffer=True, vocab_size=None) -> _Plan:
         """Chunk rows from ``chunk_bytes`` (the device's default when None) for a vocabulary of
-        ``vocab_size`` (by default W's), and (``buffer``) the [rows, V] logits buffer."""
+        ``vocab_size`` (by default W's), the GEMM operand of the head (W itself, or W in the
+        compute dtype) and (``buffer``) the [rows, V] logits buffer."""
         cd = compute_dtype(h)
-        low = self.low_precision_gemms and gemm.low_precision(h)
         V = W.shape[0] if vocab_size is None else vocab_size
         budget = self.chunk_bytes or (CUDA_CHUNK_BYTES if h.is_cuda else CPU_CHUNK_BYTES)
         rows = max(1, min(h.shape[0], aligned(budget // (V * torch.finfo(cd).bits // 8))))
-        W_ = W if low else W.to(cd)
+        W_ = W if gemm_in_input_dtype else W.to(cd)
         b_ = None if b is None else b.to(cd)
         z = torch.empty(rows, W.shape[0], dtype=cd, device=h.device) if buffer else None
-        return _Plan(cd, low, W_, b_, rows, z, budget)
+        return _Plan(cd, W_, b_, rows, z, budget)
 
-    def _rows(self, h, plan):
+    @staticmethod
+    def _rows(h, plan):
         for start in range(0, h.shape[0], plan.rows):
             yield slice(start, min(start + plan.rows, h.shape[0]))
 
@@ -152,106 +297,3 @@ class ChunkedHead(HeadBackend):
 
     def _accumulate(self, dz, hc, plan, sl, grads: Grads):
         gemm.backward(dz, hc, plan.W, grads, sl, first=sl.start == 0)
-
-    # -- the backend interface ------------------------------------------------------------------
-    def stats(self, h, W, b, y, inv_tau, want_entropy, h_teacher=None) -> Stats:
-        return self._sweep(h, W, b, y, inv_tau, want_entropy, h_teacher, None, False, False).stats
-
-    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
-        plan = self._plan(h, W, b, buffer=not (self.low_precision_gemms and gemm.low_precision(h)))
-        if plan.low:
-            return self._backward_by_vocab(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad, plan)
-        dlogits_ = self._epilogues(plan.cd).dlogits_
-        grads = self._new_grads(h, W, b, plan.cd, need_weight_grad)
-        for sl in self._rows(h, plan):
-            hc = self._operand(h, sl, plan)
-            z = self._logits(hc, plan, hc.shape[0])
-            dlogits_(z, y[sl], stats.lse[sl], g_lp[sl], None if g_ent is None else g_ent[sl],
-                     None if stats.ent is None else stats.ent[sl], inv_tau)
-            self._accumulate(z, hc, plan, sl, grads)
-        return grads
-
-    def _backward_by_vocab(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad, plan) -> Grads:
-        """The gradient sweep of the low-precision plan over blocks of ``w`` vocabulary rows; dW
-        comes back in W's dtype (each block written once), dh and db in float32."""
-        N, V = h.shape[0], W.shape[0]
-        w = min(V, aligned(plan.budget // max(1, N * (4 + W.element_size()))))
-        z_buf = torch.empty(N * w, dtype=torch.float32, device=h.device)
-        dz_buf = torch.empty(N * w, dtype=W.dtype, device=h.device)
-        dh = torch.zeros(N, W.shape[1], dtype=torch.float32, device=h.device)
-        dW = torch.empty_like(W) if need_weight_grad else None
-        db = torch.empty(V, dtype=torch.float32, device=h.device) if (b is not None and need_weight_grad) else None
-        dlogits_ = self._epilogues(torch.float32).dlogits_
-        for v0 in range(0, V, w):
-            v1 = min(v0 + w, V)
-            Wb = W[v0:v1]
-            z = gemm.logits(h, Wb, None if plan.b is None else plan.b[v0:v1], z_buf[: N * (v1 - v0)].view(N, v1 - v0))
-            dz = dz_buf[: N * (v1 - v0)].view(N, v1 - v0)
-            dlogits_(z, y - v0, stats.lse, g_lp, g_ent, stats.ent if g_ent is not None else None, inv_tau, dz)
-            gemm.addmm_f32(dh, dz, Wb)
-            if dW is not None:
-                torch.mm(dz.t(), h, out=dW[v0:v1])
-            if db is not None:
-                torch.sum(dz, 0, dtype=torch.float32, out=db[v0:v1])
-        return Grads(dh, dW, db)
-
-    def loss_and_grad(self, h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
-                      need_weight_grad=True) -> LossAndGrad:
-        if gemm.low_precision(h) and self.low_precision_gemms:  # two sweeps: statistics, then the gradient
-            return super().loss_and_grad(h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
-                                         need_weight_grad)
-        return self._sweep(h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad, need_weight_grad)
-
-    def _sweep(self, h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
-               need_weight_grad) -> LossAndGrad:
-        """One sweep: per chunk, teacher then student logits (one buffer), stats, per-token loss, dz,
-        dh and dW."""
-        plan = self._plan(h, W, b)
-        row_stats = self._epilogues(plan.cd).row_stats
-        N = h.shape[0]
-        new = lambda: torch.empty(N, dtype=plan.cd, device=h.device)  # noqa: E731
-        lp, lse = new(), new()
-        ent = new() if want_entropy else None
-        lp_t = new() if h_teacher is not None else None
-        loss_t = new() if token_fn is not None else None
-        grads = self._new_grads(h, W, b, plan.cd, need_weight_grad) if need_grad else None
-        for sl in self._rows(h, plan):
-            n = sl.stop - sl.start
-            if h_teacher is not None:
-                zt = self._logits(self._operand(h_teacher, sl, plan), plan, n)
-                lp_t[sl] = row_stats(zt, y[sl], inv_tau, False)[0]
-            hc = self._operand(h, sl, plan)
-            z = self._logits(hc, plan, n)
-            lp[sl], lse[sl], e = row_stats(z, y[sl], inv_tau, want_entropy)
-            if want_entropy:
-                ent[sl] = e
-            if token_fn is None:
-                continue
-            loss_t[sl], g_lp, g_ent = token_fn(sl, lp[sl], e, None if lp_t is None else lp_t[sl])
-            if need_grad:
-                self._epilogues(plan.cd).dlogits_(z, y[sl], lse[sl], g_lp, g_ent, e, inv_tau)
-                self._accumulate(z, hc, plan, sl, grads)
-        return LossAndGrad(loss_t, Stats(lp, lse, ent, lp_t), grads)
-
-    def jsd_loss_and_grad(self, h, W, b, h_teacher, inv_tau, beta, weights, need_grad,
-                          need_weight_grad=True) -> JSDAndGrad:
-        """sum_t weights_t JSD_beta(p_T || p_S)_t and its gradient, chunk by chunk.
-
-        The per-chunk gradient of :func:`generalized_jsd` with respect to the chunk's logits is taken
-        by autograd on the [n, V] chunk (float32 GEMMs, one row sweep), then fed to the dh / dW GEMMs.
-        """
-        cd = compute_dtype(h)
-        plan = self._plan(h, W.to(cd), b, buffer=False)
-        jsd = torch.empty(h.shape[0], dtype=cd, device=h.device)
-        grads = self._new_grads(h, W, b, cd, need_weight_grad) if need_grad else None
-        for sl in self._rows(h, plan):
-            hc = h[sl].to(cd)
-            zt = gemm.linear(h_teacher[sl].to(cd), plan.W, plan.b)
-            z = gemm.linear(hc, plan.W, plan.b).requires_grad_(need_grad)
-            with torch.enable_grad():
-                j = generalized_jsd(z * inv_tau, zt * inv_tau, beta)
-                dz = torch.autograd.grad((j * weights[sl]).sum(), z)[0] if need_grad else None
-            jsd[sl] = j.detach()
-            if need_grad:
-                self._accumulate(dz, hc, plan, sl, grads)
-        return JSDAndGrad(jsd, grads)

@@ -151,16 +151,16 @@ def _check(z, targets, inv_tau: float):
 
 
 def row_stats(
-    z: torch.Tensor, targets: torch.Tensor, inv_tau: float, want_entropy: bool
+    z: torch.Tensor, targets: torch.Tensor, inv_tau: float, compute_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(lp [n], lse [n], ent [n] or None) for z [n, V] float32 contiguous, targets [n] int64."""
     _check(z, targets, inv_tau)
     n = z.shape[0]
     lp = torch.empty(n, dtype=torch.float32)
     lse = torch.empty(n, dtype=torch.float32)
-    ent = torch.empty(n if want_entropy else 0, dtype=torch.float32)
-    _raise(_ext().row_stats(z, targets, float(inv_tau), bool(want_entropy), lp, lse, ent))
-    return lp, lse, (ent if want_entropy else None)
+    ent = torch.empty(n if compute_entropy else 0, dtype=torch.float32)
+    _raise(_ext().row_stats(z, targets, float(inv_tau), bool(compute_entropy), lp, lse, ent))
+    return lp, lse, (ent if compute_entropy else None)
 
 
 def dlogits_(

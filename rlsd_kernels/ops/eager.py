@@ -12,13 +12,13 @@ from ..math import generalized_jsd
 from .base import Grads, HeadBackend, JSDAndGrad, LossAndGrad, Stats, compute_dtype
 
 
-def _logprobs(h, W, b, y, inv_tau, want_entropy):
+def _logprobs(h, W, b, y, inv_tau, compute_entropy):
     """(lp, lse, ent or None) from the materialised logits, differentiable."""
     z = reference.logits(h, W, b, 1.0 / inv_tau)
     logp = torch.log_softmax(z, dim=-1)
     lp = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     lse = z.detach().gather(-1, y.unsqueeze(-1)).squeeze(-1) - lp.detach()
-    ent = -(logp.exp() * logp).sum(-1) if want_entropy else None
+    ent = -(logp.exp() * logp).sum(-1) if compute_entropy else None
     return lp, lse, ent
 
 
@@ -37,10 +37,10 @@ def _grads(out, g_out, h, W, b, cd) -> Grads:
 class EagerHead(HeadBackend):
     name = "eager"
 
-    def stats(self, h, W, b, y, inv_tau, want_entropy, h_teacher=None):
+    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None):
         with torch.no_grad():
-            lp_t = None if h_teacher is None else _logprobs(h_teacher, W, b, y, inv_tau, False)[0]
-            return Stats(*_logprobs(h, W, b, y, inv_tau, want_entropy), lp_t)
+            lp_t = None if teacher_hidden is None else _logprobs(teacher_hidden, W, b, y, inv_tau, False)[0]
+            return Stats(*_logprobs(h, W, b, y, inv_tau, compute_entropy), lp_t)
 
     def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True):
         h, W, b = _leaves(h, W, b, need_weight_grad)
@@ -49,15 +49,15 @@ class EagerHead(HeadBackend):
             out, g_out = ([lp], [g_lp]) if g_ent is None else ([lp, ent], [g_lp, g_ent])
             return _grads(out, g_out, h, W, b, compute_dtype(h))
 
-    def loss_and_grad(self, h, W, b, y, inv_tau, want_entropy, h_teacher, token_fn, need_grad,
+    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
                       need_weight_grad=True):
         """One autograd graph over the materialised logits: forward, per-token loss, backward."""
         with torch.no_grad():
-            lp_t = None if h_teacher is None else _logprobs(h_teacher, W, b, y, inv_tau, False)[0]
+            lp_t = None if teacher_hidden is None else _logprobs(teacher_hidden, W, b, y, inv_tau, False)[0]
         h, W, b = _leaves(h, W, b, need_weight_grad)
         with torch.enable_grad():
-            lp, lse, ent = _logprobs(h, W, b, y, inv_tau, want_entropy)
-            loss_t, g_lp, g_ent = token_fn(slice(0, h.shape[0]), lp.detach(), None if ent is None else ent.detach(),
+            lp, lse, ent = _logprobs(h, W, b, y, inv_tau, compute_entropy)
+            loss_t, g_lp, g_ent = terms(slice(0, h.shape[0]), lp.detach(), None if ent is None else ent.detach(),
                                            lp_t)
             grads = None
             if need_grad:
@@ -66,9 +66,9 @@ class EagerHead(HeadBackend):
         detach = lambda t: None if t is None else t.detach()  # noqa: E731
         return LossAndGrad(loss_t, Stats(lp.detach(), lse.detach(), detach(ent), lp_t), grads)
 
-    def jsd_loss_and_grad(self, h, W, b, h_teacher, inv_tau, beta, weights, need_grad, need_weight_grad=True):
+    def jsd_loss_and_grad(self, h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad, need_weight_grad=True):
         with torch.no_grad():
-            zt = reference.logits(h_teacher, W, b, 1.0 / inv_tau)
+            zt = reference.logits(teacher_hidden, W, b, 1.0 / inv_tau)
         h, W, b = _leaves(h, W, b, need_weight_grad)
         with torch.enable_grad():
             jsd = generalized_jsd(reference.logits(h, W, b, 1.0 / inv_tau), zt, beta)

@@ -52,11 +52,6 @@ def logits(hc, W, b, out):
     return out if b is None else out.add_(b)
 
 
-def linear(h, W, b):
-    """z = h W^T + b, a new tensor (operands already in one dtype)."""
-    return torch.nn.functional.linear(h, W, b)
-
-
 def backward(dz, hc, W, grads, sl, first: bool):
     """dh[sl] = dz W; dW = / += dz^T hc; db = / += sum_rows dz (``first``: the first chunk writes)."""
     dh, dW, db = grads

@@ -1,6 +1,6 @@
 """Vocabulary-parallel LM head: each rank holds rows [start, start + V_r) of W (and b).
 
-The chunk loop of :class:`ChunkedHead` is kept; only the per-chunk reductions change. With
+The row sweep of :class:`ChunkedHead` is kept; only the per-chunk reductions change. With
 s = z / tau on the local shard, every rank computes its local max m_r, sum-exp
 S_r = sum_v exp(s_v - m), the target logit if the target is in its shard (else 0) and, for the
 entropy, E_r = sum_v exp(s_v - m) s_v; one all-reduce (max) and one all-reduce (sum) then give
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .. import checks
-from .chunked import ChunkedHead, Epilogues
+from .chunked import ChunkedHead, Epilogues, torch_dlogits_
 
 
 class VocabParallel(ChunkedHead):
@@ -44,43 +44,36 @@ class VocabParallel(ChunkedHead):
     def vocab_size(self, W):
         return self.vocab_range(W)[1]
 
-    def _plan(self, h, W, b, vocab_size=None, buffer=True):
+    def _plan(self, h, W, b, gemm_in_input_dtype, buffer=True, vocab_size=None):
         """As the base, with this rank's offset; chunks are sized by the whole vocabulary so that
         every rank takes the same chunks (and so the same collectives) whatever its shard size."""
         self._start, total = self.vocab_range(W)
-        return super()._plan(h, W, b, total, buffer)
-
-    def _local_targets(self, y, V_local):
-        local = (y >= self._start) & (y < self._start + V_local)
-        return local, (y - self._start).clamp(0, V_local - 1)
+        return super()._plan(h, W, b, gemm_in_input_dtype, buffer, total)
 
     def _epilogues(self, dtype):
         return Epilogues(self._row_stats, self._dlogits_)
 
-    def _row_stats(self, z, y, inv_tau, want_entropy):
-        local, y_local = self._local_targets(y, z.shape[1])
+    def _row_stats(self, z, y, inv_tau, compute_entropy):
+        V_local = z.shape[1]
+        local = (y >= self._start) & (y < self._start + V_local)
         s = z * inv_tau
         m = s.amax(-1)
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
         e = torch.exp(s - m.unsqueeze(1))
+        y_local = (y - self._start).clamp(0, V_local - 1)
         parts = [e.sum(-1), torch.where(local, s.gather(1, y_local.unsqueeze(1)).squeeze(1), 0.0)]
-        if want_entropy:
+        if compute_entropy:
             parts.append((e * s).sum(-1))
         parts = torch.stack(parts)
         dist.all_reduce(parts, group=self.group)
         lse = m + parts[0].log()
-        ent = lse - parts[2] / parts[0] if want_entropy else None
+        ent = lse - parts[2] / parts[0] if compute_entropy else None
         return parts[1] - lse, lse, ent
 
     def _dlogits_(self, z, y, lse, g_lp, g_ent, ent, inv_tau):
-        """dz on the local shard; the one-hot term only on the rank that holds the target."""
-        local, y_local = self._local_targets(y, z.shape[1])
-        z.mul_(inv_tau).sub_(lse.unsqueeze(1))  # log p
-        coef = g_lp.unsqueeze(1)
-        if g_ent is not None:
-            coef = (z + ent.unsqueeze(1)).mul_(g_ent.unsqueeze(1)).add_(coef)
-        z.exp_().mul_(coef).mul_(-inv_tau)
-        z.scatter_add_(1, y_local.unsqueeze(1), torch.where(local, inv_tau * g_lp, 0.0).unsqueeze(1).to(z.dtype))
+        """dz on the local shard: targets in another rank's shard fall outside [0, V_local) and add
+        no one-hot term."""
+        torch_dlogits_(z, y - self._start, lse, g_lp, g_ent, ent, inv_tau)
 
     def _accumulate(self, dz, hc, plan, sl, grads):
         super()._accumulate(dz, hc, plan, sl, grads)

@@ -36,6 +36,7 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 from rlsd.advantages import lam_at
 from rlsd_kernels.integrations.verl import TEACHER_KEY, with_teacher
 from rlsd_kernels.integrations.verl import register as register_rlsd_loss
+from rlsd_kernels.options import RLSDOptions
 from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
 
 LOSS_NAME = "rlsd"
@@ -64,8 +65,9 @@ class RLSDSettings:
             raise ValueError(f"rlsd: unknown keys {unknown}; known: {sorted(fields)}")
         settings = cls(**given)
         settings.lam_at(0)  # a bad schedule name fails here, not at the first update
-        if not 0 < settings.eps_w < 1:
-            raise ValueError(f"rlsd.eps_w must be in (0, 1), got {settings.eps_w}")
+        problem = RLSDOptions.problem("eps_w", settings.eps_w)  # the kernel's rule
+        if problem:
+            raise ValueError(f"rlsd.{problem}")
         return settings
 
     def lam_at(self, step: int) -> float:
@@ -121,7 +123,8 @@ class RLSDActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def set_rlsd_options(self, lam: float, eps_w: float, negative_only: bool):
-        self.rlsd_loss.lam, self.rlsd_loss.eps_w, self.rlsd_loss.negative_only = lam, eps_w, negative_only
+        self.rlsd_loss.options = RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only)
+        self.rlsd_loss.lam = lam
 
 
 class RLSDRayPPOTrainer(RayPPOTrainer):

@@ -23,7 +23,7 @@ BLOCK_V = 4096
 
 @triton.jit
 def _row_stats_kernel(z_ptr, y_ptr, lp_ptr, lse_ptr, ent_ptr, V, stride_z, inv_tau,
-                      WANT_ENT: tl.constexpr, BLOCK_V: tl.constexpr):
+                      COMPUTE_ENT: tl.constexpr, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = z_ptr + row * stride_z
     offs = tl.arange(0, BLOCK_V)
@@ -36,7 +36,7 @@ def _row_stats_kernel(z_ptr, y_ptr, lp_ptr, lse_ptr, ent_ptr, V, stride_z, inv_t
         m_new = tl.maximum(m, tl.max(s, 0))
         a = tl.exp(m - m_new)
         e = tl.where(cols < V, tl.exp(s - m_new), 0.0)
-        if WANT_ENT:
+        if COMPUTE_ENT:
             shift = tl.where(l > 0, m - m_new, 0.0)  # 0 before the first tile (l = 0, m = -inf)
             t = a * (t + shift * l) + tl.sum(tl.where(cols < V, e * (s - m_new), 0.0), 0)
         l = a * l + tl.sum(e, 0)
@@ -45,7 +45,7 @@ def _row_stats_kernel(z_ptr, y_ptr, lp_ptr, lse_ptr, ent_ptr, V, stride_z, inv_t
     lse = m + tl.log(l)
     tl.store(lse_ptr + row, lse)
     tl.store(lp_ptr + row, tl.load(base + y) * inv_tau - lse)
-    if WANT_ENT:
+    if COMPUTE_ENT:
         tl.store(ent_ptr + row, tl.log(l) - t / l)
 
 
@@ -64,15 +64,15 @@ def _dlogits_kernel(z_ptr, out_ptr, y_ptr, lse_ptr, glp_ptr, gent_ptr, ent_ptr, 
     tl.store(out_ptr + row * stride_out + cols, (dz * inv_tau).to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def row_stats(z, y, inv_tau: float, want_entropy: bool):
+def row_stats(z, y, inv_tau: float, compute_entropy: bool):
     """(lp, lse, ent or None), float32 [n], of softmax(z * inv_tau); z [n, V] float32, rows contiguous."""
     n, V = z.shape
     lp = torch.empty(n, dtype=torch.float32, device=z.device)
     lse = torch.empty_like(lp)
-    ent = torch.empty_like(lp) if want_entropy else None
+    ent = torch.empty_like(lp) if compute_entropy else None
     if n:
         _row_stats_kernel[(n,)](z, y, lp, lse, lp if ent is None else ent, V, z.stride(0), float(inv_tau),
-                                WANT_ENT=bool(want_entropy), BLOCK_V=BLOCK_V, num_warps=8)
+                                COMPUTE_ENT=bool(compute_entropy), BLOCK_V=BLOCK_V, num_warps=8)
     return lp, lse, ent
 
 

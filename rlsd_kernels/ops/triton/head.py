@@ -20,10 +20,10 @@ class TritonTiledHead(HeadBackend):
     def __init__(self):
         self._exact = ChunkedHead("chunked")
 
-    def stats(self, h, W, b, y, inv_tau, want_entropy, h_teacher=None):
+    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None):
         if h.dtype == torch.float64:
-            return self._exact.stats(h, W, b, y, inv_tau, want_entropy, h_teacher)
-        return Stats(*linear_logprob_stats(h, W, b, y, inv_tau, want_entropy, h_teacher))
+            return self._exact.stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden)
+        return Stats(*linear_logprob_stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden))
 
     def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True):
         if h.dtype == torch.float64:
@@ -32,6 +32,6 @@ class TritonTiledHead(HeadBackend):
                                               None if g_ent is None else g_ent.float(), stats.ent,
                                               need_weight_grad=need_weight_grad))
 
-    def jsd_loss_and_grad(self, h, W, b, h_teacher, inv_tau, beta, weights, need_grad, need_weight_grad=True):
-        return self._exact.jsd_loss_and_grad(h, W, b, h_teacher, inv_tau, beta, weights, need_grad,
+    def jsd_loss_and_grad(self, h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad, need_weight_grad=True):
+        return self._exact.jsd_loss_and_grad(h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad,
                                              need_weight_grad)

@@ -15,9 +15,7 @@ accumulated in the numerically friendly form  T = sum_v e^{s-m} (s-m)  (rescaled
 m moves: T' = a (T + (m - m') l), a = e^{m-m'}), so that ent = log l - T / l.  When a teacher hidden
 state is given, every loaded W tile is used for both the student and the teacher dot products.
 
-Backward (``linear_logprob_backward``), two schemes:
-
-* ``deterministic=True`` (default): two kernels, no atomics, bitwise reproducible.
+Backward (``linear_logprob_backward``): two kernels, no atomics, bitwise reproducible.
     - dh kernel, grid = cdiv(N, BLOCK_N): a program owns BLOCK_N rows of dh, sweeps the vocab tiles,
       recomputes the logits tile, forms dz and does dh[rows, hslice] += dz @ W[tile, hslice] for every
       H slice as a read-modify-write of rows only it owns (``tl.debug_barrier`` orders the RMW
@@ -25,25 +23,21 @@ Backward (``linear_logprob_backward``), two schemes:
     - dW/db kernel, grid = cdiv(V, BLOCK_V): a program owns BLOCK_V rows of dW (and db), sweeps the
       token blocks, recomputes the same tile, and does dW[tile, hslice] += dz^T @ h[rows, hslice].
   Cost: the logits are recomputed twice (4 GEMM-sized passes instead of 3).
-* ``deterministic=False``: one kernel, grid = (cdiv(N, BLOCK_N), cdiv(V, BLOCK_V)); the logits tile
-  is recomputed once and dh / dW / db are accumulated with fp32 ``tl.atomic_add`` (3 passes, but the
-  summation order - hence the last bits - depends on scheduling).
 
 Token blocks whose g_lp and g_ent are all zero are skipped (callers normally compact rows anyway).
 
-Precision: fp32 inputs use ``input_precision="ieee"`` dots unless ``allow_tf32=True``; bf16/fp16
+Precision: fp32 inputs use ``input_precision="ieee"`` dots (no TF32); bf16/fp16
 inputs use native tensor-core dots with fp32 accumulation, and dz is cast to the input dtype for
 the two gradient GEMMs (as usual for bf16 training).  Under the Triton interpreter
 (TRITON_INTERPRET=1) every tile is upcast to fp32 before ``tl.dot`` because the interpreter's bf16
 dot silently returns garbage.
 
-Mixed dtypes: h / h_teacher are cast to W.dtype (W, the big operand, is never copied).
+Mixed dtypes: h / teacher_hidden are cast to W.dtype (W, the big operand, is never copied).
 Targets must be in [0, V); an out-of-range target gives a meaningless lp (no gather happens) but
 does not affect lse / ent.  All outputs are float32.
 """
 
 from __future__ import annotations
-
 
 import torch
 
@@ -125,7 +119,7 @@ def _linear_logprob_fwd_kernel(
     N, V, H,
     stride_hn, stride_htn, stride_wv,
     inv_tau,
-    HAS_BIAS: tl.constexpr, HAS_TEACHER: tl.constexpr, WANT_ENT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_TEACHER: tl.constexpr, COMPUTE_ENT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -177,7 +171,7 @@ def _linear_logprob_fwd_kernel(
         alpha = tl.exp(m - m_new)
         d = s - m_new[:, None]
         e = tl.exp(d)  # 0 on masked columns
-        if WANT_ENT:
+        if COMPUTE_ENT:
             ed = e * tl.where(col_mask[None, :], d, 0.0)  # no 0 * -inf on masked columns
             t = alpha * (t + (m - m_new) * l) + tl.sum(ed, axis=1)
         l = l * alpha + tl.sum(e, axis=1)
@@ -196,7 +190,7 @@ def _linear_logprob_fwd_kernel(
     lse = m + log_l
     tl.store(lse_ptr + rows64, lse, mask=row_mask)
     tl.store(lp_ptr + rows64, tgt - lse, mask=row_mask)
-    if WANT_ENT:
+    if COMPUTE_ENT:
         tl.store(ent_ptr + rows64, log_l - t / l, mask=row_mask)
     if HAS_TEACHER:
         tl.store(lpt_ptr + rows64, tgt_t - (m_t + tl.log(l_t)), mask=row_mask)
@@ -308,49 +302,6 @@ def _linear_logprob_bwd_dw_kernel(
         tl.store(db_ptr + cols64, db, mask=col_mask)
 
 
-@triton.jit
-def _linear_logprob_bwd_atomic_kernel(
-    h_ptr, w_ptr, b_ptr, y_ptr, lse_ptr, glp_ptr, gent_ptr, ent_ptr, dh_ptr, dw_ptr, db_ptr,
-    N, V, H,
-    stride_hn, stride_wv, stride_dhn, stride_dwv,
-    inv_tau,
-    HAS_BIAS: tl.constexpr, HAS_ENT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, WANT_DW: tl.constexpr,
-):
-    """Grid (token block, vocab block): one logits recompute, fp32 atomics into dh / dW / db."""
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    rows64 = rows.to(tl.int64)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    col_mask = cols < V
-    cols64 = cols.to(tl.int64)
-    y, lse, g_lp, g_ent, ent, active = _load_row_stats(
-        y_ptr, lse_ptr, glp_ptr, gent_ptr, ent_ptr, rows64, row_mask, HAS_ENT)
-    if active:
-        acc = _logits_tile(h_ptr, stride_hn, rows64, row_mask, w_ptr, stride_wv, cols64, col_mask,
-                           H, BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, DOT_PREC)
-        dz = _dz_tile(acc, b_ptr, cols64, col_mask, row_mask, y, lse, g_lp, g_ent, ent, inv_tau,
-                      HAS_BIAS, HAS_ENT)
-        if HAS_BIAS and WANT_DW:
-            tl.atomic_add(db_ptr + cols64, tl.sum(dz, axis=0), mask=col_mask, sem="relaxed")
-        offs_h = tl.arange(0, BLOCK_H)
-        for h0 in range(0, H, BLOCK_H):
-            hcols = h0 + offs_h
-            hmask = hcols < H
-            w = _load_tile(w_ptr, cols64, col_mask, stride_wv, hcols, hmask, UPCAST)
-            dh_part = tl.dot(dz.to(w.dtype), w, input_precision=DOT_PREC)
-            tl.atomic_add(dh_ptr + rows64[:, None] * stride_dhn + hcols[None, :], dh_part,
-                          mask=row_mask[:, None] & hmask[None, :], sem="relaxed")
-            if WANT_DW:
-                x = _load_tile(h_ptr, rows64, row_mask, stride_hn, hcols, hmask, UPCAST)
-                dw_part = tl.dot(tl.trans(dz.to(x.dtype)), x, input_precision=DOT_PREC)
-                tl.atomic_add(dw_ptr + cols64[:, None] * stride_dwv + hcols[None, :], dw_part,
-                              mask=col_mask[:, None] & hmask[None, :], sem="relaxed")
-
-
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +320,7 @@ def _check_block(name: str, val: int) -> int:
     return val
 
 
-def _prep(h, W, b, y, h_teacher=None):
+def _prep(h, W, b, y, teacher_hidden=None):
     if h.dim() != 2 or W.dim() != 2 or h.shape[1] != W.shape[1]:
         raise ValueError(f"expected h [N, H] and W [V, H], got {tuple(h.shape)} and {tuple(W.shape)}")
     N, H = h.shape
@@ -378,34 +329,32 @@ def _prep(h, W, b, y, h_teacher=None):
         raise ValueError(f"expected y [N]={N}, got {tuple(y.shape)}")
     if b is not None and b.shape != (V,):
         raise ValueError(f"expected b [V]={V}, got {tuple(b.shape)}")
-    if h_teacher is not None and h_teacher.shape != h.shape:
-        raise ValueError(f"h_teacher must have the shape of h, got {tuple(h_teacher.shape)}")
+    if teacher_hidden is not None and teacher_hidden.shape != h.shape:
+        raise ValueError(f"teacher_hidden must have the shape of h, got {tuple(teacher_hidden.shape)}")
     dev = h.device
-    for name, t in (("W", W), ("b", b), ("y", y), ("h_teacher", h_teacher)):
+    for name, t in (("W", W), ("b", b), ("y", y), ("teacher_hidden", teacher_hidden)):
         if t is not None and t.device != dev:
             raise ValueError(f"{name} is on {t.device}, h on {dev}")
-    dtypes = {h.dtype, W.dtype} | ({h_teacher.dtype} if h_teacher is not None else set())
+    dtypes = {h.dtype, W.dtype} | ({teacher_hidden.dtype} if teacher_hidden is not None else set())
     for dt in dtypes:
         if dt not in _FLOAT_DTYPES:
             raise TypeError(f"unsupported dtype {dt}; expected float32/bfloat16/float16")
     dtype = W.dtype  # mixed inputs: hidden states are cast to the head's dtype (never copy W)
     h = h.to(dtype).contiguous()
     W = W.to(dtype).contiguous()
-    if h_teacher is not None:
-        h_teacher = h_teacher.to(dtype).contiguous()
+    if teacher_hidden is not None:
+        teacher_hidden = teacher_hidden.to(dtype).contiguous()
     if b is not None:
         b = b.contiguous()
     y = y.to(torch.int64).contiguous()
-    return h, W, b, y, h_teacher, N, V, H, dtype
+    return h, W, b, y, teacher_hidden, N, V, H, dtype
 
 
-def _dot_prec(dtype, allow_tf32: bool) -> str:
-    if dtype == torch.float32 and not allow_tf32:
-        return "ieee"
-    return "tf32"  # ignored by tl.dot for 16-bit inputs
+def _dot_prec(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # ignored by tl.dot for 16-bit inputs
 
 
-def _blocks(N, H, dtype, block_n, block_v, block_h):
+def _blocks(N, H, block_n, block_v, block_h):
     # GPU defaults: 64 x 128 logits tile, 32-wide H slices, 8 warps.  Checked offline with
     # triton.compile + ptxas -v (bf16, sm_80 and sm_90a): 0 register spills for every kernel (except
     # 96 B for the teacher forward on sm_80), <= 48 KB shared (bf16) / <= 96 KB (fp32, 3 stages).
@@ -417,13 +366,8 @@ def _blocks(N, H, dtype, block_n, block_v, block_h):
     return bn, bv, bh
 
 
-def _launch_opts(num_warps, num_stages, bn, bv, n_acc=1):
-    if num_warps is None:
-        num_warps = 8 if bn * bv * n_acc >= 64 * 128 else 4
-    opts = {"num_warps": int(num_warps)}
-    if num_stages is not None:
-        opts["num_stages"] = int(num_stages)
-    return opts
+def _num_warps(num_warps, bn, bv, n_acc=1) -> int:
+    return int(num_warps) if num_warps is not None else (8 if bn * bv * n_acc >= 64 * 128 else 4)
 
 
 def linear_logprob_stats(
@@ -432,44 +376,42 @@ def linear_logprob_stats(
     b: torch.Tensor | None,
     y: torch.Tensor,
     inv_tau: float = 1.0,
-    want_entropy: bool = False,
-    h_teacher: torch.Tensor | None = None,
+    compute_entropy: bool = False,
+    teacher_hidden: torch.Tensor | None = None,
     *,
     block_n: int | None = None,
     block_v: int | None = None,
     block_h: int | None = None,
     num_warps: int | None = None,
-    num_stages: int | None = None,
-    allow_tf32: bool = False,
 ):
     """Fused z = h W^T + b, s = z * inv_tau statistics, without materialising [N, V].
 
-    Returns ``(lp, lse, ent_or_None, lp_teacher_or_None)``, all float32 [N]. ``h_teacher`` ([N, H],
+    Returns ``(lp, lse, ent_or_None, teacher_logprobs_or_None)``, all float32 [N]. ``teacher_hidden`` ([N, H],
     same head W / b / targets y / temperature) is processed in the same kernel, sharing W tile loads.
     """
-    h, W, b, y, h_teacher, N, V, H, dtype = _prep(h, W, b, y, h_teacher)
+    h, W, b, y, teacher_hidden, N, V, H, dtype = _prep(h, W, b, y, teacher_hidden)
     dev = h.device
     lp = torch.empty(N, device=dev, dtype=torch.float32)
     lse = torch.empty(N, device=dev, dtype=torch.float32)
-    ent = torch.empty(N, device=dev, dtype=torch.float32) if want_entropy else None
-    lpt = torch.empty(N, device=dev, dtype=torch.float32) if h_teacher is not None else None
+    ent = torch.empty(N, device=dev, dtype=torch.float32) if compute_entropy else None
+    lpt = torch.empty(N, device=dev, dtype=torch.float32) if teacher_hidden is not None else None
     if N == 0:
         return lp, lse, ent, lpt
     if V == 0:
         raise ValueError("empty vocabulary")
-    bn, bv, bh = _blocks(N, H, dtype, block_n, block_v, block_h)
-    has_t = h_teacher is not None
+    bn, bv, bh = _blocks(N, H, block_n, block_v, block_h)
+    has_t = teacher_hidden is not None
     grid = (triton.cdiv(N, bn),)
     _linear_logprob_fwd_kernel[grid](
-        h, h_teacher if has_t else h, W, b if b is not None else lp, y,
+        h, teacher_hidden if has_t else h, W, b if b is not None else lp, y,
         lp, lse, ent if ent is not None else lp, lpt if has_t else lp,
         N, V, H,
-        h.stride(0), (h_teacher if has_t else h).stride(0), W.stride(0),
+        h.stride(0), (teacher_hidden if has_t else h).stride(0), W.stride(0),
         float(inv_tau),
-        HAS_BIAS=b is not None, HAS_TEACHER=has_t, WANT_ENT=bool(want_entropy),
+        HAS_BIAS=b is not None, HAS_TEACHER=has_t, COMPUTE_ENT=bool(compute_entropy),
         BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
-        UPCAST=interpreted(), DOT_PREC=_dot_prec(dtype, allow_tf32),
-        **_launch_opts(num_warps, num_stages, bn, bv, 2 if has_t else 1),
+        UPCAST=interpreted(), DOT_PREC=_dot_prec(dtype),
+        num_warps=_num_warps(num_warps, bn, bv, 2 if has_t else 1),
     )
     return lp, lse, ent, lpt
 
@@ -485,22 +427,18 @@ def linear_logprob_backward(
     g_ent: torch.Tensor | None = None,
     ent: torch.Tensor | None = None,
     *,
-    deterministic: bool = True,
     need_weight_grad: bool = True,
     block_n: int | None = None,
     block_v: int | None = None,
     block_h: int | None = None,
     num_warps: int | None = None,
-    num_stages: int | None = None,
-    allow_tf32: bool = False,
 ):
     """Gradients of L(lp, ent) w.r.t. h, W, b given g_lp = dL/dlp, g_ent = dL/dent (float32 [N]).
 
     ``lse`` (and ``ent`` when ``g_ent`` is given) are the forward statistics of the same inputs;
     if ``g_ent`` is given without ``ent``, the entropy is recomputed with the forward kernel.
     Returns ``(dh [N, H], dW [V, H], db [V] or None)`` in float32; with ``need_weight_grad=False``
-    only dh is computed and ``(dh, None, None)`` is returned.
-    See the module docstring for the deterministic (default) vs atomic schemes.
+    only dh is computed and ``(dh, None, None)`` is returned. Deterministic (module docstring).
     """
     h, W, b, y, _, N, V, H, dtype = _prep(h, W, b, y)
     dev = h.device
@@ -513,7 +451,7 @@ def linear_logprob_backward(
         g_ent = g_ent.to(torch.float32).contiguous()
         if ent is None:
             ent = linear_logprob_stats(h, W, b, y, inv_tau, True, block_n=block_n, block_v=block_v,
-                                       block_h=block_h, allow_tf32=allow_tf32)[2]
+                                       block_h=block_h)[2]
         ent = ent.to(torch.float32).contiguous()
     for name, t in (("lse", lse), ("g_lp", g_lp), ("g_ent", g_ent), ("ent", ent)):
         if t is not None and t.shape != (N,):
@@ -523,28 +461,20 @@ def linear_logprob_backward(
     db = torch.zeros(V, device=dev, dtype=torch.float32) if (b is not None and need_weight_grad) else None
     if N == 0 or V == 0:
         return dh, dW, db
-    bn, bv, bh = _blocks(N, H, dtype, block_n, block_v, block_h)
+    bn, bv, bh = _blocks(N, H, block_n, block_v, block_h)
     common = dict(
         HAS_BIAS=b is not None, HAS_ENT=has_ent,
         BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh,
-        UPCAST=interpreted(), DOT_PREC=_dot_prec(dtype, allow_tf32),
-        **_launch_opts(num_warps, num_stages, bn, bv),
+        UPCAST=interpreted(), DOT_PREC=_dot_prec(dtype), num_warps=_num_warps(num_warps, bn, bv),
     )
     b_arg = b if b is not None else lse
     ge_arg = g_ent if has_ent else g_lp
     e_arg = ent if has_ent else lse
-    if deterministic:
-        _linear_logprob_bwd_dh_kernel[(triton.cdiv(N, bn),)](
-            h, W, b_arg, y, lse, g_lp, ge_arg, e_arg, dh,
-            N, V, H, h.stride(0), W.stride(0), dh.stride(0), float(inv_tau), **common)
-        if need_weight_grad:
-            _linear_logprob_bwd_dw_kernel[(triton.cdiv(V, bv),)](
-                h, W, b_arg, y, lse, g_lp, ge_arg, e_arg, dW, db if db is not None else lse,
-                N, V, H, h.stride(0), W.stride(0), dW.stride(0), float(inv_tau), **common)
-    else:
-        _linear_logprob_bwd_atomic_kernel[(triton.cdiv(N, bn), triton.cdiv(V, bv))](
-            h, W, b_arg, y, lse, g_lp, ge_arg, e_arg, dh, dW if dW is not None else dh,
-            db if db is not None else lse,
-            N, V, H, h.stride(0), W.stride(0), dh.stride(0), H, float(inv_tau),
-            WANT_DW=need_weight_grad, **common)
+    _linear_logprob_bwd_dh_kernel[(triton.cdiv(N, bn),)](
+        h, W, b_arg, y, lse, g_lp, ge_arg, e_arg, dh,
+        N, V, H, h.stride(0), W.stride(0), dh.stride(0), float(inv_tau), **common)
+    if need_weight_grad:
+        _linear_logprob_bwd_dw_kernel[(triton.cdiv(V, bv),)](
+            h, W, b_arg, y, lse, g_lp, ge_arg, e_arg, dW, db if db is not None else lse,
+            N, V, H, h.stride(0), W.stride(0), dW.stride(0), float(inv_tau), **common)
     return dh, dW, db
