@@ -157,12 +157,11 @@ def batch(vocab):
             [1.0, -1.0, 0.5, -0.5])
 
 
-def verl_batch(contexts, responses, pad, **columns):
-    """The actor's input as veRL's trainer builds it: left-padded prompts, right-padded responses,
-    then ``left_right_2_no_padding``; ``columns`` are [B, R] float tensors (old log-probs, ...)."""
+def padded_proto(contexts, responses, pad, **columns):
+    """Left-padded prompts and right-padded responses as a DataProto, as veRL's rollout returns them;
+    ``columns`` are [B, R] float tensors (old log-probs, ...)."""
     from verl import DataProto
     from verl.utils.model import compute_position_id_with_mask
-    from verl.workers.utils.padding import left_right_2_no_padding
 
     B, P, R = len(contexts), max(map(len, contexts)), max(map(len, responses))
     prompts, responses_t = torch.full((B, P), pad), torch.full((B, R), pad)
@@ -173,8 +172,14 @@ def verl_batch(contexts, responses, pad, **columns):
     tensors = dict(prompts=prompts, responses=responses_t, input_ids=torch.cat([prompts, responses_t], 1),
                    attention_mask=attention, position_ids=compute_position_id_with_mask(attention),
                    response_mask=response_mask, **columns)
-    data = DataProto.from_dict(tensors=tensors, meta_info={"temperature": 1.0})
-    return left_right_2_no_padding(data.to_tensordict())
+    return DataProto.from_dict(tensors=tensors, meta_info={"temperature": 1.0})
+
+
+def verl_batch(contexts, responses, pad, **columns):
+    """The actor's input as veRL's trainer builds it: :func:`padded_proto`, then ``left_right_2_no_padding``."""
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    return left_right_2_no_padding(padded_proto(contexts, responses, pad, **columns).to_tensordict())
 
 
 def padded(rows, R):

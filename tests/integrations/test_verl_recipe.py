@@ -11,10 +11,8 @@ pytest.importorskip("verl", reason="verl is not installed: run these tests in .v
 pytest.importorskip("cachetools", reason="veRL's PPO driver imports cachetools (requirements-verl.txt)")
 
 from omegaconf import OmegaConf  # noqa: E402
-from test_verl_actor import cpu_process_group, tiny_model_dir, verl_config  # noqa: E402,F401
-from verl import DataProto  # noqa: E402
+from test_verl_actor import cpu_process_group, padded_proto, tiny_model_dir, verl_config  # noqa: E402,F401
 from verl.utils import tensordict_utils as tu  # noqa: E402
-from verl.utils.model import compute_position_id_with_mask  # noqa: E402
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
 
 from rlsd.advantages import lam_at  # noqa: E402
@@ -59,26 +57,13 @@ class InProcessGroup:
         return getattr(self.worker, name)
 
 
-def padded_batch(contexts, responses, pad) -> DataProto:
-    """Left-padded prompts and right-padded responses, as veRL's rollout returns them."""
-    B, P, R = len(contexts), max(map(len, contexts)), max(map(len, responses))
-    prompts, resp = torch.full((B, P), pad), torch.full((B, R), pad)
-    attention, mask = torch.zeros(B, P + R, dtype=torch.long), torch.zeros(B, R, dtype=torch.long)
-    for i, (c, r) in enumerate(zip(contexts, responses)):
-        prompts[i, P - len(c):], resp[i, :len(r)] = torch.tensor(c), torch.tensor(r)
-        attention[i, P - len(c):P + len(r)], mask[i, :len(r)] = 1, 1
-    return DataProto.from_dict(tensors=dict(prompts=prompts, responses=resp, input_ids=torch.cat([prompts, resp], 1),
-                                            attention_mask=attention, position_ids=compute_position_id_with_mask(attention),
-                                            response_mask=mask), meta_info={"temperature": 1.0})
-
-
 def fit_batch(tok, worker, responses, advantages):
     """A batch as ``RayPPOTrainer.fit`` has it at the actor update: padded prompt + response tensors,
     pi_old from the actor (so rho = 1), advantages, and the dataset's columns."""
     messages = [[{"role": "user", "content": p}] for p in PROMPTS for _ in range(2)]
     contexts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
                 for m in messages]
-    batch = padded_batch(contexts, responses, tok.pad_token_id)
+    batch = padded_proto(contexts, responses, tok.pad_token_id)
     td = left_right_2_no_padding(batch.to_tensordict())
     tu.assign_non_tensor(td, calculate_entropy=False, compute_loss=False)
     old = no_padding_2_padding(tu.get(worker.compute_log_prob(td), "log_probs"), td).float()

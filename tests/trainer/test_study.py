@@ -214,3 +214,20 @@ def test_no_reach_difference_when_no_run_reaches_the_threshold():
     runs = {a: {s: regime_records(flat) for s in (0, 1)} for a in ("grpo", "opsd")}
     v = summarize_strength(runs, 0.4, steps=10, eval_every=5, tail=1)["arms"]["opsd"].vs_grpo
     assert set(v) == {"final", "auc"}
+
+
+def test_run_jobs_marks_finished_runs_and_reports_failed_ones(tmp_path):
+    """The demo's, study's and regime map's runner: a run whose config is refused fails; resumable
+    runs are logged and left without a ``done`` marker (so they run again), others raise."""
+    from rlsd.demo.experiment import run_jobs, write_job
+
+    run_dir = tmp_path / "bad" / "seed0"
+    (run_dir).mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("{}\n")  # an earlier attempt's
+    job = write_job(str(run_dir), {"algo": {"name": "no-such-algorithm"}})
+    assert not (run_dir / "metrics.jsonl").exists() and (run_dir / "config.yaml").exists()
+    lines = []
+    run_jobs([job], 1, lines.append, str(tmp_path), resumable=True)
+    assert lines and "bad/seed0: FAILED" in lines[0] and not (run_dir / "done").exists()
+    with pytest.raises(RuntimeError, match="run failed"):
+        run_jobs([job], 1, lines.append, str(tmp_path), resumable=False)

@@ -50,6 +50,33 @@ def _run(job, cores: queue.Queue) -> tuple:
     return cfg_path, code, time.perf_counter() - t0
 
 
+def write_job(run_dir: str, cfg: dict) -> tuple:
+    """A run's config.yaml (an earlier attempt's metrics removed): the (config, log) job of :func:`run_jobs`."""
+    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        os.remove(os.path.join(run_dir, "metrics.jsonl"))
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return cfg_path, os.path.join(run_dir, "train.log")
+
+
+def run_jobs(jobs: list, workers: int, log, root: str, resumable: bool) -> None:
+    """``rlsd train`` for each job, ``workers`` at a time, one core each. ``resumable``: a finished run
+    gets a ``done`` marker (skipped next time) and a failed one is logged; otherwise a failure raises."""
+    cores = queue.Queue()
+    for i in range(workers):
+        cores.put(str(i % (os.cpu_count() or 1)))
+    with ThreadPoolExecutor(workers) as pool:
+        for cfg_path, code, secs in pool.map(lambda job: _run(job, cores), jobs):
+            run_dir = os.path.dirname(cfg_path)
+            log(f"  {os.path.relpath(run_dir, root)}: {'ok' if code == 0 else f'FAILED ({code})'} in {secs:.0f}s")
+            if code == 0 and resumable:
+                open(os.path.join(run_dir, "done"), "w").close()
+            elif code != 0 and not resumable:
+                raise RuntimeError(f"run failed, see {os.path.join(run_dir, 'train.log')}")
+
+
 def default_engine() -> str:
     """vLLM where it is installed, else Hugging Face generate."""
     return "vllm" if importlib.util.find_spec("vllm") else "hf"
@@ -154,24 +181,11 @@ def run_demo(out_dir: str = "rlsd-demo", cache_dir: str = "~/.cache/rlsd", quick
     for seed in range(seeds):
         for method in methods:
             run_dir = os.path.join(out_dir, "runs", method, f"seed{seed}")
-            os.makedirs(run_dir, exist_ok=True)
-            if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-                os.remove(os.path.join(run_dir, "metrics.jsonl"))
-            cfg_path = os.path.join(run_dir, "config.yaml")
-            with open(cfg_path, "w") as f:
-                yaml.safe_dump(arm_config(method, seed, model_dir, data_dir, run_dir, steps, eval_every, engine), f)
-            jobs.append((cfg_path, os.path.join(run_dir, "train.log")))
+            jobs.append(write_job(run_dir, arm_config(method, seed, model_dir, data_dir, run_dir, steps, eval_every,
+                                                      engine)))
     log(f"{len(jobs)} runs ({len(methods)} methods x {seeds} seeds x {steps} steps), {workers} at a time, "
         f"rollouts with {engine}")
-    cores = queue.Queue()
-    for i in range(workers):
-        cores.put(str(i % (os.cpu_count() or 1)))
-    with ThreadPoolExecutor(workers) as pool:
-        for cfg_path, code, secs in pool.map(lambda job: _run(job, cores), jobs):
-            log(f"  {os.path.relpath(os.path.dirname(cfg_path), out_dir)}: {'ok' if code == 0 else f'FAILED ({code})'}"
-                f" in {secs:.0f}s")
-            if code != 0:
-                raise RuntimeError(f"run failed, see {os.path.join(os.path.dirname(cfg_path), 'train.log')}")
+    run_jobs(jobs, workers, log, out_dir, resumable=False)
 
     curves = {m: {s: eval_curve(os.path.join(out_dir, "runs", m, f"seed{s}")) for s in range(seeds)}
               for m in methods}

@@ -23,19 +23,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Optional
-
-import yaml
 
 from ..data import write_jsonl
 from ..metrics import read_jsonl
 from .arms import ARMS, arm_config
-from .experiment import HELDOUT_SEED, TRAIN_SEED, _run
+from .experiment import HELDOUT_SEED, TRAIN_SEED, run_jobs, write_job
 from .shipped import TARGETS, shipped_warm_start
 from .study import curve
 from .task import make_split
@@ -205,7 +201,8 @@ def plot_regimes(summary: dict, path: str) -> None:
 
     regs = summary["strengths"]
     arms = list(dict.fromkeys(a for r in regs.values() for a in r["arms"]))
-    fig, axes = plt.subplots(2, max(len(regs), 2), figsize=(4 * max(len(regs), 2), 8))
+    cols = max(len(regs), 3)  # the second row has three panels
+    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 8))
     for ax, (name, reg) in zip(axes[0], regs.items()):
         for i, a in enumerate(arms):
             if a in reg["arms"]:
@@ -214,6 +211,8 @@ def plot_regimes(summary: dict, path: str) -> None:
         ax.axhline(reg["threshold"], color="grey", ls=":", lw=1)
         ax.set_title(f"{name}: warm start {reg['warm']:.1f}%")
         ax.set_xlabel("RL step")
+    for ax in axes[0][len(regs):]:
+        ax.axis("off")
     axes[0][0].set_ylabel("held-out greedy accuracy (%)")
     axes[0][0].legend(fontsize=7)
     for ax, metric in zip(axes[1], ("final", "auc")):
@@ -271,23 +270,11 @@ def run_regimes(out: str = "docs/study/regimes", runs_dir: str = "rlsd-demo/regi
                     run_dir = os.path.join(runs_dir, name, arm, f"seed{seed}")
                     if os.path.exists(os.path.join(run_dir, "done")):
                         continue
-                    os.makedirs(run_dir, exist_ok=True)
-                    cfg_path = os.path.join(run_dir, "config.yaml")
-                    with open(cfg_path, "w") as f:
-                        yaml.safe_dump(arm_config(arm, seed, warm[name][0], data_dir, run_dir, steps, eval_every,
-                                                  engine), f)
-                    jobs.append((cfg_path, os.path.join(run_dir, "train.log")))
+                    jobs.append(write_job(run_dir, arm_config(arm, seed, warm[name][0], data_dir, run_dir, steps,
+                                                              eval_every, engine)))
         log(f"{len(jobs)} runs to do ({len(strengths)} warm starts x {len(arms)} arms x {seeds} seeds x {steps} "
             f"steps), {workers} at a time")
-        cores = queue.Queue()
-        for i in range(workers):
-            cores.put(str(i % (os.cpu_count() or 1)))
-        with ThreadPoolExecutor(workers) as pool:
-            for cfg_path, code, secs in pool.map(lambda job: _run(job, cores), jobs):
-                run_dir = os.path.dirname(cfg_path)
-                log(f"  {os.path.relpath(run_dir, runs_dir)}: {'ok' if code == 0 else f'FAILED ({code})'} in {secs:.0f}s")
-                if code == 0:
-                    open(os.path.join(run_dir, "done"), "w").close()
+        run_jobs(jobs, workers, log, runs_dir, resumable=True)
     summary = {"settings": {"seeds": seeds, "steps": steps, "eval_every": eval_every, "tail": tail,
                             "workers": workers, "engine": engine, "arms": {a: ARMS[a] for a in arms}},
                "warm_starts": {n: {k: info[k] for k in ("step", "accuracy", "sha256")} for n, (_, info) in warm.items()},

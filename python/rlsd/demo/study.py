@@ -10,19 +10,15 @@ import csv
 import dataclasses
 import json
 import os
-import queue
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
-
-import yaml
 
 from ..data import write_jsonl
 from ..metrics import read_jsonl
 from .anatomy import anatomy_report
 from .arms import ARMS, RL, STUDY_ARMS, arm_config, merge
-from .experiment import HELDOUT_SEED, TRAIN_SEED, _run, default_engine
+from .experiment import HELDOUT_SEED, TRAIN_SEED, default_engine, run_jobs, write_job
 from .task import make_split, response_tokens
 from .shipped import shipped_warm_start
 from .warmup import WarmupConfig, deterministic, warm_start
@@ -233,20 +229,7 @@ def _run_all(arms, seeds, steps, eval_every, workers, engine, model_dir, data_di
             run_dir = os.path.join(runs_dir, arm, f"seed{seed}")
             if os.path.exists(os.path.join(run_dir, "done")):
                 continue
-            os.makedirs(run_dir, exist_ok=True)
-            if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-                os.remove(os.path.join(run_dir, "metrics.jsonl"))
-            cfg_path = os.path.join(run_dir, "config.yaml")
-            with open(cfg_path, "w") as f:
-                yaml.safe_dump(arm_config(arm, seed, model_dir, data_dir, run_dir, steps, eval_every, engine, extra), f)
-            jobs.append((cfg_path, os.path.join(run_dir, "train.log")))
+            jobs.append(write_job(run_dir, arm_config(arm, seed, model_dir, data_dir, run_dir, steps, eval_every,
+                                                      engine, extra)))
     log(f"{len(jobs)} runs to do ({len(arms)} arms x {seeds} seeds x {steps} steps), {workers} at a time, {engine}")
-    cores = queue.Queue()
-    for i in range(workers):
-        cores.put(str(i % (os.cpu_count() or 1)))
-    with ThreadPoolExecutor(workers) as pool:
-        for cfg_path, code, secs in pool.map(lambda job: _run(job, cores), jobs):
-            run_dir = os.path.dirname(cfg_path)
-            log(f"  {os.path.relpath(run_dir, runs_dir)}: {'ok' if code == 0 else f'FAILED ({code})'} in {secs:.0f}s")
-            if code == 0:
-                open(os.path.join(run_dir, "done"), "w").close()
+    run_jobs(jobs, workers, log, runs_dir, resumable=True)
