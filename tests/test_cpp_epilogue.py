@@ -172,3 +172,25 @@ def test_cpp_guards_return_status_codes():
     assert ext.row_stats(z, y, 1.0, False, lp, lse, ent) == 0 and torch.isfinite(lse).all()
     with pytest.raises(ValueError, match="rejected its arguments: bad z"):
         cpp._raise(1)
+
+
+def test_a_killed_builds_lock_is_removed_not_waited_on(tmp_path):
+    """torch's FileBaton waits forever on a lock left by a killed build; an old one is removed."""
+    import os
+    import time
+    import warnings
+
+    from rlsd_kernels.ops import cpp
+
+    fresh, stale = tmp_path / "fresh", tmp_path / "stale"
+    fresh.touch()
+    stale.touch()
+    old = time.time() - cpp._STALE_LOCK_S - 1
+    os.utime(stale, (old, old))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cpp._remove_stale_lock(fresh)
+        cpp._remove_stale_lock(stale)
+        cpp._remove_stale_lock(tmp_path / "absent")
+    assert fresh.exists() and not stale.exists()
+    assert [str(w.message) for w in caught] == [f"removing the stale extension build lock {stale} ({cpp._STALE_LOCK_S + 1:.0f} s old)"]

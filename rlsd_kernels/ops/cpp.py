@@ -13,7 +13,9 @@ The extension is the prebuilt ``rlsd_kernels._C`` when present, otherwise it is 
 then ``<sys.prefix>/share/rlsd-kernels/csrc`` where setup.py's data_files put it) with
 ``torch.utils.cpp_extension.load`` into ``$RLSD_KERNELS_BUILD_DIR`` (default: torch's extension
 cache), under a name carrying the source's hash, so two checkouts of different versions never share
-a build or its lock. Loading happens on first use; nothing here raises at import.
+a build or its lock. A build lock left by a killed build (older than ``_STALE_LOCK_S``) is removed
+with a warning instead of waited on forever. Loading happens on first use; nothing here raises at
+import.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import math
 import os
 import sys
 import threading
+import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +40,7 @@ _SOURCE_DIRS = (
     Path(sys.prefix) / "share" / "rlsd-kernels" / "csrc",
 )
 _CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+_STALE_LOCK_S = 600.0  # a build takes ~1 min; a lock this old belongs to a build that was killed
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -57,21 +62,34 @@ def _load() -> ModuleType:
         return _C
     except ImportError:
         pass
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import _get_build_directory, load
 
+    source = _source()
+    digest = hashlib.sha1(source.read_bytes()).hexdigest()[:12]  # one build (and build lock) per source version
+    name = f"rlsd_kernels_C_{digest}"
     build_dir = os.environ.get("RLSD_KERNELS_BUILD_DIR")
     if build_dir:
         os.makedirs(build_dir, exist_ok=True)
-    source = _source()
-    digest = hashlib.sha1(source.read_bytes()).hexdigest()[:12]  # one build (and build lock) per source version
+    _remove_stale_lock(Path(build_dir or _get_build_directory(name, verbose=False)) / "lock")
     return load(
-        name=f"rlsd_kernels_C_{digest}",
+        name=name,
         sources=[str(source)],
         extra_cflags=_CFLAGS,
         extra_ldflags=["-fopenmp"],
         build_directory=build_dir,
         verbose=False,
     )
+
+
+def _remove_stale_lock(lock: Path) -> None:
+    """torch waits forever on a build lock; one older than _STALE_LOCK_S has no live owner."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > _STALE_LOCK_S:
+        warnings.warn(f"removing the stale extension build lock {lock} ({age:.0f} s old)", stacklevel=3)
+        lock.unlink(missing_ok=True)
 
 
 def _get() -> ModuleType | None:
