@@ -17,7 +17,7 @@ from benchmarks.measure import peak_memory_in_subprocess, time_interleaved
 from benchmarks.providers import gemm_floor_flops, providers
 from benchmarks.suite import device_name
 from rlsd_kernels import available_impls
-from rlsd_kernels.api import resolve_impl
+from rlsd_kernels.ops import resolve_impl
 
 
 def machine():

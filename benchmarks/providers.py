@@ -43,7 +43,7 @@ import torch
 
 import rlsd_kernels
 from rlsd_kernels import fused_linear_logprobs, rlsd_loss
-from rlsd_kernels.api import resolve_impl
+from rlsd_kernels.ops import resolve_impl
 from rlsd_kernels.math import rlsd_credit
 from rlsd_kernels.ops import FUSED, usable
 from rlsd_kernels.options import RLSDOptions

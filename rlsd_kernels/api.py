@@ -1,5 +1,9 @@
-"""Public entry points: argument checks and the choice of backend; the autograd wiring is in
-:mod:`rlsd_kernels.autograd`, the backends in :mod:`rlsd_kernels.ops`.
+"""Public entry points: argument checks and the choice of backend; the autograd (custom ops) is
+in :mod:`rlsd_kernels.autograd`, the backends in :mod:`rlsd_kernels.ops`.
+
+Under ``torch.compile`` the checks that need the tensors' values (NaN / inf, token ids in range,
+log-probs <= 0, masks of 0 and 1, normalizer > 0) are skipped: they would read the values on the
+host, a graph break; shapes, dtypes, devices and scalar arguments are checked as always.
 """
 
 from __future__ import annotations
@@ -7,12 +11,11 @@ from __future__ import annotations
 import torch
 
 from . import autograd, checks
-from .math import compute_dtype, masked_mean
-from .ops import IMPLS, auto, get_backend, usable
+from .math import masked_mean
+from .ops import IMPLS, impl_key, usable
 from .ops.base import HeadBackend
-from .ops.triton import interpreted as triton_interpreted
 from .options import LamSchedulable, RLSDOptions
-from .tokens import OPSDSampledTokenLoss, RLSDTokenLoss, Rows, TokenTerms, token_inputs
+from .tokens import OPSDSampledTokenLoss, RLSDTokenLoss, token_inputs
 
 
 def available_impls() -> list:
@@ -20,28 +23,12 @@ def available_impls() -> list:
     return [name for name in IMPLS if usable(name)]
 
 
-def resolve_impl(impl: str, device: torch.device, weight=None, memory_budget=None) -> str:
-    """The backend name ``impl`` stands for (``auto``: see :func:`rlsd_kernels.ops.auto`)."""
-    if impl == "auto":
-        V, size = (1, 4) if weight is None else (weight.shape[0], weight.element_size())
-        return auto(device, V, size, memory_budget)
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be 'auto', one of {IMPLS} or a backend object, got {impl!r}")
-    return impl
-
-
-def _select(impl, hidden, weight, memory_budget) -> HeadBackend:
-    """The backend object for ``impl`` (a name, or a backend such as ``VocabParallel``)."""
+def _impl(impl, weight, memory_budget):
+    """(``impl`` as the custom ops take it, the vocabulary size the targets index or None for
+    weight's, the memory budget checked)."""
     memory_budget = checks.count(memory_budget, "memory_budget")
-    if isinstance(impl, HeadBackend):
-        return impl.with_memory_budget(memory_budget)
-    checks.floating(hidden, "hidden")
-    checks.floating(weight, "weight")
-    name = resolve_impl(impl, hidden.device, weight, memory_budget)
-    if name.startswith("triton") and hidden.device.type != "cuda" and not triton_interpreted():
-        raise ValueError(f"impl={name!r} runs on CUDA tensors, got hidden on {hidden.device} "
-                         "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter)")
-    return get_backend(name).with_memory_budget(memory_budget)
+    vocab_size = impl.vocab_size(weight) if isinstance(impl, HeadBackend) else None
+    return impl_key(impl), vocab_size, memory_budget
 
 
 def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0,
@@ -53,12 +40,12 @@ def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0
     (float64 for float64 inputs). ``memory_budget``: bytes of working memory (chunk buffers) the
     fused backends may use, None for their default; ``impl="auto"`` picks by it (see ``ops.auto``).
     """
-    backend = _select(impl, hidden, weight, memory_budget)
-    checks.head(hidden, weight, bias, targets, temperature, None, backend.vocab_size(weight))
+    impl, vocab_size, memory_budget = _impl(impl, weight, memory_budget)
+    checks.head(hidden, weight, bias, targets, temperature, None, vocab_size)
     compute_entropy = checks.flag(return_entropy, "return_entropy")
     H = hidden.shape[-1]
-    lp, ent = autograd.LinearLogprobs.apply(hidden.reshape(-1, H), weight, bias, targets.reshape(-1).long(),
-                                            1.0 / temperature, compute_entropy, backend)
+    lp, ent = autograd.linear_logprobs(hidden.reshape(-1, H), weight, bias, targets.reshape(-1).long(),
+                                       1.0 / temperature, compute_entropy, impl, memory_budget)
     shape = targets.shape
     return lp.view(shape), (ent.view(shape) if compute_entropy else None)
 
@@ -93,8 +80,8 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     """
     options = _options(options)
     compute_entropy = checks.flag(compute_entropy, "compute_entropy")
-    backend = _select(impl, hidden, weight, memory_budget)
-    checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
+    impl, vocab_size, memory_budget = _impl(impl, weight, memory_budget)
+    checks.loss_inputs(vocab_size, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                        token_weights=token_weights, credit_mask=credit_mask)
     checks.floating(advantages, "advantages", (1, 2))
@@ -110,14 +97,13 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     if not options.needs_teacher:
         teacher_hidden = teacher_logprobs = None  # GRPO: the teacher is not read
 
-    rows = Rows(mask, hidden.device)
-    tok = token_inputs(mask, advantages, loss_agg, normalizer, compute_dtype(hidden), rows,
-                       teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                       token_weights=token_weights, credit_mask=credit_mask)
+    optional = dict(teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                    token_weights=token_weights, credit_mask=credit_mask)
     token_loss = RLSDTokenLoss(options)
-    loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLossParams(
-        backend, targets, 1.0 / temperature, teacher_hidden, rows, TokenTerms(token_loss, tok),
-        options.needs_entropy_grad or compute_entropy))
+    loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLoss(
+        token_loss, targets, mask, advantages, optional, teacher_hidden, 1.0 / temperature, loss_agg, normalizer,
+        options.needs_entropy_grad or compute_entropy, impl, memory_budget))
+    tok = token_inputs(mask, advantages, loss_agg, normalizer, stats.lp.dtype, **optional)
     if stats.teacher_logprobs is not None:
         tok = tok.replace(teacher_logprobs=stats.teacher_logprobs)
     return loss, token_loss.metrics(stats.lp, stats.ent, tok)
@@ -140,28 +126,26 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
     if compute_entropy and form == "jsd":
         raise ValueError("compute_entropy is available with form='sampled' only")
     beta = checks.number(beta, "beta", low=0.0, high=1.0)
-    backend = _select(impl, hidden, weight, memory_budget)
-    checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
+    impl, vocab_size, memory_budget = _impl(impl, weight, memory_budget)
+    checks.loss_inputs(vocab_size, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
                        teacher_logprobs=teacher_logprobs, token_weights=token_weights)
     if teacher_hidden is None and (form == "jsd" or teacher_logprobs is None):
         raise ValueError(f"form={form!r} needs teacher_hidden" + ("" if form == "jsd" else " or teacher_logprobs"))
-    rows = Rows(mask, hidden.device)
-    dtype = compute_dtype(hidden)
+    valid = mask != 0
     if form == "jsd":
-        tok = token_inputs(mask, None, loss_agg, normalizer, dtype, rows, token_weights=token_weights)
-        weights = tok.agg if tok.token_weights is None else tok.agg * tok.token_weights
-        loss, jsd = autograd.jsd_loss(hidden, weight, bias, autograd.JSDParams(
-            backend, teacher_hidden, 1.0 / temperature, beta, weights, rows))
-        return loss, {"jsd_mean": masked_mean(jsd, tok.valid)}
-    tok = token_inputs(mask, None, loss_agg, normalizer, dtype, rows, teacher_logprobs=teacher_logprobs,
-                       token_weights=token_weights)
-    loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLossParams(
-        backend, targets, 1.0 / temperature, teacher_hidden, rows, TokenTerms(OPSDSampledTokenLoss(), tok),
-        compute_entropy))
-    teacher_lp = tok.teacher_logprobs if stats.teacher_logprobs is None else stats.teacher_logprobs
-    metrics = {"delta_mean": masked_mean(teacher_lp - stats.lp, tok.valid)}
+        loss, jsd = autograd.jsd_loss(hidden, weight, bias, mask, teacher_hidden, token_weights, normalizer, loss_agg,
+                                      1.0 / temperature, beta, impl, memory_budget)
+        return loss, {"jsd_mean": masked_mean(jsd, valid)}
+    optional = dict(teacher_logprobs=teacher_logprobs, token_weights=token_weights)
+    loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLoss(
+        OPSDSampledTokenLoss(), targets, mask, None, optional, teacher_hidden, 1.0 / temperature, loss_agg,
+        normalizer, compute_entropy, impl, memory_budget))
+    teacher_lp = stats.teacher_logprobs
+    if teacher_lp is None:
+        teacher_lp = torch.where(valid, teacher_logprobs.to(stats.lp.dtype), 0.0)
+    metrics = {"delta_mean": masked_mean(teacher_lp - stats.lp, valid)}
     if compute_entropy:
-        metrics["entropy_mean"] = masked_mean(stats.ent, tok.valid)
+        metrics["entropy_mean"] = masked_mean(stats.ent, valid)
     return loss, metrics
 
 

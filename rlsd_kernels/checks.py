@@ -2,7 +2,8 @@
 
 Value checks (NaN/inf, token ids out of range, log-probs above 0, mask values other than 0 and 1)
 raise at once for CPU tensors; on an accelerator they are queued as device-side asserts
-(``torch._assert_async``) so a loss never syncs the host.
+(``torch._assert_async``) so a loss never syncs the host. Under ``torch.compile`` they are skipped
+(reading a value on the host would break the graph); every other check runs while tracing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .math import LOSS_AGGS, compute_dtype
 
 
 def _value_check(ok: torch.Tensor, message: str):
+    if torch.compiler.is_compiling():
+        return
     if ok.device.type == "cpu":
         if not bool(ok):
             raise ValueError(message)
@@ -43,7 +46,7 @@ def finite(t, name: str):
     """One streaming pass, no [numel] temporaries. CPU: a sum is finite only if every element is
     (a non-finite sum may be an overflow of finite values, so that case is looked at exactly).
     Accelerators: max |t| (one reduction that propagates NaN), checked without a host sync."""
-    if t.numel() == 0:
+    if t.numel() == 0 or torch.compiler.is_compiling():
         return
     if t.device.type != "cpu":
         _value_check(torch.isfinite(torch.linalg.vector_norm(t, float("inf"))), f"{name} contains NaN or inf")
@@ -197,10 +200,11 @@ def normalizer(value, device):
     return value
 
 
-def loss_inputs(backend, hidden, weight, targets, mask_, bias, temperature, teacher_hidden, loss_agg, normalizer_,
+def loss_inputs(vocab_size, hidden, weight, targets, mask_, bias, temperature, teacher_hidden, loss_agg, normalizer_,
                 **optional):
-    """The tensor arguments shared by the losses (``optional``: the optional [B, T] ones, by name)."""
-    head(hidden, weight, bias, targets, temperature, 3, backend.vocab_size(weight))
+    """The tensor arguments shared by the losses (``optional``: the optional [B, T] ones, by name;
+    ``vocab_size``: as in :func:`head`)."""
+    head(hidden, weight, bias, targets, temperature, 3, vocab_size)
     shape = targets.shape
     mask(mask_, shape, hidden.device)
     same_device(hidden.device, teacher_hidden=teacher_hidden)

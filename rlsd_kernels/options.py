@@ -10,6 +10,7 @@ of one a ``lam`` that a schedule may set.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,6 +64,14 @@ class RLSDOptions:
     def __post_init__(self):
         for name, rule in RULES.items():
             object.__setattr__(self, name, rule(getattr(self, name), name))
+        # the fields as one string, for the losses' custom ops (schema: str): made once, here, so
+        # torch.compile reads a constant instead of tracing json
+        object.__setattr__(self, "encoded", json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}))
+
+    @classmethod
+    def decode(cls, encoded: str) -> "RLSDOptions":
+        """The options of ``encoded`` (``options.encoded``), checked again."""
+        return cls(**json.loads(encoded))
 
     @staticmethod
     def problem(name: str, value) -> Optional[str]:

@@ -41,6 +41,11 @@ class TokenInputs:
     token_weights: Optional[Tensor] = None
     credit_mask: Optional[Tensor] = None
 
+    @staticmethod
+    def optional_names() -> tuple:
+        """The optional per-token inputs a caller passes by name (``token_inputs``' keywords)."""
+        return tuple(f.name for f in dataclasses.fields(TokenInputs) if f.name not in ("agg", "valid", "seq", "adv"))
+
     def slice(self, rows) -> "TokenInputs":
         """The same inputs for ``rows`` (a slice or an index) of each tensor."""
         return TokenInputs(**{f.name: None if (t := getattr(self, f.name)) is None else t[rows]
@@ -82,19 +87,21 @@ class Rows:
         t = torch.where(self.flat_valid, t.reshape(-1).to(dtype), 0.0)
         return t if self.index is None else t.index_select(0, self.index)
 
-    def scatter(self, rows_grad, like):
+    def scatter(self, values, shape, dtype):
+        """``values`` of the rows ([rows, ...]) back in ``shape`` ([B, T, ...]) and ``dtype``; zeros
+        at the rows that were dropped."""
         if self.index is None:
-            return rows_grad.reshape(like.shape).to(like.dtype)
-        full = torch.zeros(like.shape[0] * like.shape[1], like.shape[2], dtype=like.dtype, device=like.device)
-        return full.index_copy_(0, self.index, rows_grad.to(like.dtype)).view(like.shape)
+            return values.reshape(shape).to(dtype)
+        full = torch.zeros(shape[0] * shape[1], *shape[2:], dtype=dtype, device=values.device)
+        return full.index_copy_(0, self.index, values.to(dtype)).view(shape)
 
 
-def token_inputs(mask, advantages, loss_agg, normalizer, dtype, rows: Optional[Rows] = None, *,
-                 teacher_logprobs=None, old_logprobs=None, ref_logprobs=None, token_weights=None,
-                 credit_mask=None) -> TokenInputs:
+def token_inputs(mask, advantages, loss_agg, normalizer, dtype, rows: Optional[Rows] = None,
+                 **optional) -> TokenInputs:
     """The per-token inputs of ``mask`` [B, T]: ``agg`` (:func:`aggregation_weights`), ``seq``
-    (each token's sequence b), ``adv`` (broadcast from [B]) and the optional [B, T] tensors, zeroed
-    where masked. With ``rows``, flattened to those rows; without, kept [B, T]."""
+    (each token's sequence b), ``adv`` (broadcast from [B]) and the ``optional`` [B, T] tensors by
+    name (``TokenInputs.optional_names()``: teacher_logprobs, old_logprobs, ...; None when not
+    given), zeroed where masked. With ``rows``, flattened to those rows; without, kept [B, T]."""
     valid = mask != 0
     if rows is None:
         take = lambda t: torch.where(valid, t.to(dtype), 0.0)  # noqa: E731
@@ -102,8 +109,7 @@ def token_inputs(mask, advantages, loss_agg, normalizer, dtype, rows: Optional[R
         take = lambda t: rows.token(t, dtype)  # noqa: E731
     if advantages is not None and advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand(mask.shape)
-    given = dict(adv=advantages, teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs,
-                 ref_logprobs=ref_logprobs, token_weights=token_weights, credit_mask=credit_mask)
+    given = dict(adv=advantages, **optional)
     seq = torch.arange(mask.shape[0], device=mask.device).unsqueeze(-1).expand(mask.shape)
     return TokenInputs(agg=take(aggregation_weights(mask, loss_agg, normalizer, dtype)),
                        valid=valid if rows is None else rows.valid(),
@@ -118,10 +124,18 @@ class TokenLoss(abc.ABC):
     ``needs_all_rows``: l_t depends on other rows' statistics (e.g. a per-sequence sum of
     log-ratios), so every backend takes the statistics of all rows first, calls the loss once on
     all of them, then forms the gradient (``ops.base.two_passes``).
+    ``name`` (its key in :data:`TOKEN_LOSSES`) and ``encoded`` (its options as a string) are how it
+    crosses the losses' custom ops; ``decode(encoded)`` builds it again.
     """
 
+    name: str
     needs_entropy_grad = False
     needs_all_rows = False
+    encoded = ""
+
+    @classmethod
+    def decode(cls, encoded: str) -> "TokenLoss":
+        return cls()
 
     @abc.abstractmethod
     def __call__(self, lp, ent, inputs: TokenInputs) -> Tensor:
@@ -135,9 +149,16 @@ class RLSDTokenLoss(TokenLoss):
         l_t    = agg_t w_t (clipped_surrogate(lp, lp_old, Ahat) + kl_coef KL_t - entropy_coef H_t)
     """
 
+    name = "rlsd"
+
     def __init__(self, options: RLSDOptions):
         self.options = options
         self.needs_entropy_grad = options.needs_entropy_grad
+        self.encoded = options.encoded
+
+    @classmethod
+    def decode(cls, encoded):
+        return cls(RLSDOptions.decode(encoded))
 
     def __call__(self, lp, ent, tok):
         o = self.options
@@ -189,11 +210,17 @@ class RLSDTokenLoss(TokenLoss):
 class OPSDSampledTokenLoss(TokenLoss):
     """OPSD, sampled-token form: ``l_t = -agg_t w_t stopgrad(lp_T - lp) lp``."""
 
+    name = "opsd-sampled"
+
     def __call__(self, lp, ent, tok):
         loss = -(tok.teacher_logprobs - lp.detach()) * lp
         if tok.token_weights is not None:
             loss = loss * tok.token_weights
         return tok.agg * loss
+
+
+TOKEN_LOSSES = {cls.name: cls for cls in (RLSDTokenLoss, OPSDSampledTokenLoss)}
+"""The token losses by name (how the custom ops find one)."""
 
 
 @dataclass(frozen=True)

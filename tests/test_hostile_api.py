@@ -671,9 +671,9 @@ def test_vocab_parallel_one_process(one_process_group):
 
 @pytest.mark.parametrize("impl", ["triton", "triton-tiled"])
 def test_triton_on_cpu_tensors_without_the_interpreter_is_refused(monkeypatch, impl):
-    from rlsd_kernels import api
+    from rlsd_kernels import ops
 
-    monkeypatch.setattr(api, "triton_interpreted", lambda: False)
+    monkeypatch.setattr(ops, "triton_interpreted", lambda: False)
     case = small()
     with pytest.raises(ValueError, match=f"impl='{impl}' runs on CUDA tensors"):
         rlsd_loss(**rlsd_args(case, impl=impl))

@@ -169,3 +169,23 @@ def test_cpp_impl_from_the_installed_wheel(tmp_path, wheel):
                     "PATH": f"{Path(sys.executable).parent}:{environ.get('PATH', '/usr/bin:/bin')}"})
     assert done.stdout.strip().startswith(str(env)), done.stdout  # the installed copy of the source
     assert list(build.glob("*.so"))
+
+
+def test_build_warns_of_nothing_of_its_own(tmp_path):
+    """A verbose editable build shows no setuptools warning about the project's own configuration
+    (e.g. a data folder left out of ``packages``); setuptools' notice that every editable install
+    gets ("Editable installation.") is not about the project. The warm starts are package data."""
+    src = tmp_path / "src"
+    for name in SOURCES:
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, src / name)
+    done = run(*PIP, "install", "-v", "--no-deps", "--no-build-isolation", "--prefix", tmp_path / "prefix",
+               "-e", src)
+    warnings = [line for line in (done.stdout + done.stderr).splitlines()
+                if "Warning:" in line and "Editable installation." not in line]
+    assert not warnings, "\n".join(warnings)
+    run(*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", src, "-w", tmp_path / "wheel")
+    import zipfile
+    with zipfile.ZipFile(next((tmp_path / "wheel").glob("*.whl"))) as z:
+        names = set(z.namelist())
+    assert "rlsd/demo/warmstarts/manifest.json" in names
+    assert {f"rlsd/demo/warmstarts/{w}/model.safetensors" for w in ("good", "middle", "strong")} <= names
