@@ -50,7 +50,7 @@ from .distributed import all_reduce_sum, init_distributed, wrap_student
 from .evaluate import evaluate
 from .metrics import MetricsLog, plot_metrics
 from .model import lm_head, load_model, pick_device, prepare_model
-from .objectives import algorithm_loss, needs_teacher, thought_length
+from .objectives import algorithm_loss, thought_length
 from .rollout import make_engine
 from .teacher import Teacher, privileged_prompt
 from .verifiers import make_verifier
@@ -117,7 +117,7 @@ class Trainer:
         self.verifier = make_verifier(cfg.verifier.name, workers=cfg.verifier.workers or None, **cfg.verifier.options)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.teacher = Teacher(model, cfg.teacher) if needs_teacher(cfg.algo) else None
+        self.teacher = Teacher(model, cfg.teacher) if cfg.algo.algorithm.needs_teacher else None
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.kl_coef else None
         self.engine = make_engine(cfg.rollout, model, tokenizer)
         self.answer_marker = tokenizer(cfg.algo.answer_marker, add_special_tokens=False)["input_ids"]
@@ -168,7 +168,7 @@ class Trainer:
         level = self.sampler.level
         self.sampler.update(rewards.flatten().tolist())
         keep = torch.ones(len(groups), dtype=torch.bool)
-        if cfg.algo.dynamic_sampling and cfg.algo.name != "opsd":
+        if cfg.algo.samples_dynamically:
             keep = informative_groups(rewards)
         t1 = time.perf_counter()
 

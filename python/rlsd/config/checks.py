@@ -17,6 +17,8 @@ from rlsd_kernels.ops import IMPLS
 from rlsd_kernels.options import FIELDS as LOSS_OPTIONS
 from rlsd_kernels.options import RLSDOptions
 
+from ..algorithms import ALGORITHMS
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key (and the file or ``--set`` it came from)."""
@@ -108,7 +110,7 @@ def _value_problems(cfg) -> list:
         ("rollout.engine", r.engine, ("hf", "vllm")),
         ("teacher.sync", te.sync, ("live", "frozen")),
         ("teacher.source", te.source, ("answer", "solution", "document")),
-        ("algo.name", a.name, ("grpo", "opsd", "grpo+opsd", "rlsd")),
+        ("algo.name", a.name, tuple(ALGORITHMS)),
         ("algo.advantage", a.advantage, ("grpo", "drgrpo")),
         ("algo.lam_schedule", a.lam_schedule, ("constant", "linear", "warmup-decay")),
         ("algo.credit_span", a.credit_span, ("all", "thought")),
@@ -169,7 +171,7 @@ def _value_problems(cfg) -> list:
     problems += _verifier_problems(cfg.verifier)
     if a.credit_span == "thought" and not a.answer_marker:
         problems.append("algo.credit_span 'thought' needs algo.answer_marker: the text that starts the final answer")
-    if "opsd" in a.name and a.opsd_form == "jsd" and te.sync != "live":
+    if a.name in ALGORITHMS and a.algorithm.distill and a.opsd_form == "jsd" and te.sync != "live":
         problems.append("algo.opsd_form 'jsd' compares full distributions under one LM head: "
                         "it needs teacher.sync 'live'")
     return problems

@@ -8,6 +8,8 @@ from typing import Optional
 from rlsd_kernels.options import RLSDOptions
 from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
 
+from ..algorithms import ALGORITHMS, Algorithm
+
 
 @dataclass
 class LoraConfig:
@@ -62,7 +64,7 @@ class TeacherConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "rlsd"                   # grpo | opsd | grpo+opsd | rlsd
+    name: str = "rlsd"                   # a key of rlsd.algorithms.ALGORITHMS: grpo | opsd | grpo+opsd | rlsd
     advantage: str = "grpo"              # grpo: (R - mean) / (std + 1e-6) | drgrpo: R - mean
     lam: float = RLSDOptions.lam          # RLSD credit strength (ignored by grpo / opsd)
     # constant | linear: lam -> lam_end over lam_decay_steps | warmup-decay (the authors'): 0 -> lam
@@ -85,7 +87,16 @@ class AlgoConfig:
     opsd_form: str = "sampled"           # sampled | jsd
     opsd_beta: float = 0.5
     opsd_coef: float = 1.0               # alpha in grpo+opsd: L_GRPO + alpha L_OPSD
-    dynamic_sampling: bool = True        # drop groups whose rewards are all equal (not for opsd)
+    # drop groups whose rewards are all equal; null: the algorithm's default (on, off for opsd)
+    dynamic_sampling: Optional[bool] = None
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return ALGORITHMS[self.name]
+
+    @property
+    def samples_dynamically(self) -> bool:
+        return self.algorithm.dynamic_sampling if self.dynamic_sampling is None else self.dynamic_sampling
 
 
 @dataclass
