@@ -52,7 +52,7 @@ from .metrics import MetricsLog, plot_metrics
 from .model import lm_head, load_model, pick_device, prepare_model
 from .objectives import algorithm_loss, thought_length
 from .rollout import make_engine
-from .teacher import Teacher, privileged_prompt
+from .teacher import Teacher, teacher_prompt
 from .verifiers import make_verifier
 
 
@@ -174,7 +174,7 @@ class Trainer:
 
         samples = []
         for g in keep.nonzero().flatten().tolist():
-            teacher_ctx = self.encode(privileged_prompt(examples[g], cfg.teacher)) if self.teacher else []
+            teacher_ctx = self.encode(teacher_prompt(examples[g], cfg.teacher)) if self.teacher else []
             samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a), g,
                                thought_length(x.response_ids, self.answer_marker))
                         for x, a in zip(groups[g], adv[g].tolist())]

@@ -1,9 +1,9 @@
 """The self-teacher: the same network, prompted with privileged context, run without gradient.
 
 ``sync='live'`` uses the current weights; ``sync='frozen'`` a copy refreshed every ``sync_every``
-optimizer steps (the authors' K = 20). The privileged prompt is ``template`` filled with the
-example's prompt and its reference: the final answer, a verified worked trace (``solution``), or
-an attached ``document``.
+optimizer steps (the authors' K = 20). The teacher's prompt is the library's privileged prompt
+(``rlsd_kernels.privileged``) of the example's prompt and its reference: the final answer, a
+verified worked trace (``solution``), or an attached ``document``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from rlsd_kernels.privileged import privileged_prompt
 
 from .batch import response_hidden
 from .config import TeacherConfig
@@ -24,8 +26,9 @@ def privileged_reference(example, source: str) -> str:
     return str(ref)
 
 
-def privileged_prompt(example, cfg: TeacherConfig) -> str:
-    return cfg.template.format(prompt=example.prompt, reference=privileged_reference(example, cfg.source))
+def teacher_prompt(example, cfg: TeacherConfig) -> str:
+    """The teacher's prompt of ``example``: ``cfg.template`` filled with its prompt and its ``cfg.source``."""
+    return privileged_prompt(example.prompt, privileged_reference(example, cfg.source), cfg.template)
 
 
 class Teacher:

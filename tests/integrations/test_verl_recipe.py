@@ -17,9 +17,10 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 
 from rlsd.advantages import lam_at  # noqa: E402
 from rlsd.verl.trainer import (RLSDActorRolloutRefWorker, RLSDRayPPOTrainer, RLSDSettings,  # noqa: E402
-                               privileged_messages, teacher_batch)
+                               teacher_batch, teacher_messages)
 from rlsd_kernels.integrations.verl import TEACHER_KEY  # noqa: E402
-from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE  # noqa: E402
+from privileged_cases import CHAT as CHAT_PROMPTS  # noqa: E402
+from rlsd_kernels.privileged import privileged_prompt  # noqa: E402
 
 CHAT = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
 PROMPTS = ["12+34", "5+6"]
@@ -37,14 +38,16 @@ def test_settings_refuse_unknown_keys_and_schedules():
     assert [s.lam_at(k) for k in range(3)] == [lam_at(k, 0.5, "warmup-decay", 0.0, 50, 4) for k in range(3)]
 
 
-def test_privileged_messages_replace_the_last_user_turn():
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+2"}]
-    out = privileged_messages(messages, "3")
-    assert out[0] == messages[0] and messages[1]["content"] == "1+2"
-    assert out[1]["content"] == PRIVILEGED_TEMPLATE.format(prompt="1+2", reference="3")
-    assert privileged_messages(messages, "3", "{prompt}|{reference}")[1]["content"] == "1+2|3"
-    with pytest.raises(ValueError, match="no user turn"):
-        privileged_messages([{"role": "system", "content": "x"}], "3")
+@pytest.mark.parametrize("prompt,reference,template,want", CHAT_PROMPTS)
+def test_teacher_messages_of_the_batch_rows(prompt, reference, template, want):
+    """Each row's teacher prompt, as the library's builder writes it (the last user turn)."""
+    from verl import DataProto
+    column = lambda *values: np.array(list(values) + [None], dtype=object)[:-1]  # noqa: E731 (1-D of objects)
+    batch = DataProto.from_dict(tensors={"x": torch.zeros(1)},
+                                non_tensors={"raw_prompt": column(prompt), "hint": column(reference)})
+    assert teacher_messages(batch, "hint", template) == [want]
+    with pytest.raises(KeyError, match="no 'privileged' column"):
+        teacher_messages(batch, "privileged")
 
 
 class InProcessGroup:
@@ -106,7 +109,7 @@ def test_update_actor_runs_the_teacher_pass_and_the_schedule(cpu_process_group, 
     trainer.tokenizer, trainer.actor_rollout_wg, trainer.global_steps = tok, InProcessGroup(worker), 3
 
     teacher_in = teacher_batch(tok, batch, "privileged")
-    contexts = [tok.apply_chat_template(privileged_messages([{"role": "user", "content": p}], ref), tokenize=True,
+    contexts = [tok.apply_chat_template(privileged_prompt([{"role": "user", "content": p}], ref), tokenize=True,
                                         add_generation_prompt=True, return_dict=False)
                 for p, ref in zip(PROMPTS, REFERENCES) for _ in range(2)]
     assert teacher_in.batch["prompts"].shape[1] == max(map(len, contexts))

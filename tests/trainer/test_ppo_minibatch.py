@@ -3,7 +3,7 @@ import torch
 
 from trainer_helpers import examples, make_config, params_copy, tiny_setup
 from rlsd.loop import Sample, Trainer, ppo_mini_batches
-from rlsd.teacher import privileged_prompt
+from rlsd.teacher import teacher_prompt
 
 
 def grouped_batch(trainer, prompts=4, n=4, seed=1):
@@ -12,7 +12,7 @@ def grouped_batch(trainer, prompts=4, n=4, seed=1):
     groups = trainer.engine.generate([trainer.encode(e.prompt) for e in exs], n, 10, 1.0, seed=seed)
     out = []
     for g, (e, rs) in enumerate(zip(exs, groups)):
-        ctx = trainer.encode(privileged_prompt(e, trainer.cfg.teacher))
+        ctx = trainer.encode(teacher_prompt(e, trainer.cfg.teacher))
         out += [Sample(r.prompt_ids, ctx, r.response_ids, r.logprobs, 1.0 if i % 2 else -1.0, g)
                 for i, r in enumerate(rs)]
     return out

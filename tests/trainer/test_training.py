@@ -1,9 +1,12 @@
 import pytest
 import torch
 
+from privileged_cases import PLAIN
 from trainer_helpers import examples, grads, make_config, max_change, params_copy, tiny_setup
+from rlsd.config import TeacherConfig
+from rlsd.data import Example
 from rlsd.loop import Sample, Trainer
-from rlsd.teacher import privileged_prompt
+from rlsd.teacher import teacher_prompt
 
 
 def fixed_batch(trainer, seed=1):
@@ -13,7 +16,7 @@ def fixed_batch(trainer, seed=1):
     groups = trainer.engine.generate(prompts, 4, 10, trainer.cfg.rollout.temperature, seed=seed)
     out = []
     for e, g in zip(exs, groups):
-        ctx = trainer.encode(privileged_prompt(e, trainer.cfg.teacher))
+        ctx = trainer.encode(teacher_prompt(e, trainer.cfg.teacher))
         out += [Sample(r.prompt_ids, ctx, r.response_ids, r.logprobs, 1.0 if i % 2 else -1.0)
                 for i, r in enumerate(g)]
     return out
@@ -76,6 +79,13 @@ def test_opsd_sampled_frozen_teacher_pulls_student_to_teacher(tmp_path):
         trainer.update(samples)
     assert max_change(before_w, trainer.model) > 1e-4
     assert sq_delta(trainer, samples) < before
+
+
+@pytest.mark.parametrize("prompt,reference,template,want", PLAIN)
+def test_teacher_prompt_of_an_example(prompt, reference, template, want):
+    """The trainer's teacher prompt: the library's builder on the example's prompt and reference."""
+    cfg = TeacherConfig(source="answer", **({"template": template} if template else {}))
+    assert teacher_prompt(Example(prompt=prompt, answer=reference), cfg) == want
 
 
 def test_teacher_logprobs_come_from_privileged_prompt(tmp_path):

@@ -3,8 +3,8 @@
 Per step, veRL's own loop generates, scores, recomputes pi_old and the GRPO advantages; then, before
 the actor update, :class:`RLSDRayPPOTrainer` adds what RLSD needs:
 
-- the privileged prompt of each response: its chat messages (``raw_prompt``) with the last user turn
-  replaced by ``template.format(prompt=<that turn>, reference=<row[privileged_key]>)``;
+- the privileged prompt of each response: ``rlsd_kernels.privileged.privileged_prompt`` of its chat
+  messages (``raw_prompt``: the last user turn is the question) and its reference (``row[privileged_key]``);
 - the teacher pass, live: the actor's own ``compute_log_prob`` on (privileged prompt, the same
   response), giving ``lp_T`` [B, R] aligned with ``old_log_probs``, put in the batch under
   ``rlsd_kernels.integrations.verl.TEACHER_KEY``;
@@ -37,7 +37,7 @@ from rlsd.advantages import lam_at
 from rlsd_kernels.integrations.verl import TEACHER_KEY, with_teacher
 from rlsd_kernels.integrations.verl import register as register_rlsd_loss
 from rlsd_kernels.options import RLSDOptions
-from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
+from rlsd_kernels.privileged import privileged_prompt
 
 LOSS_NAME = "rlsd"
 
@@ -75,26 +75,22 @@ class RLSDSettings:
         return lam_at(step, self.lam, self.lam_schedule, self.lam_end, self.lam_decay_steps, self.lam_warmup_steps)
 
 
-def privileged_messages(messages, reference: str, template: str | None = None) -> list:
-    """``messages`` (chat turns, dicts with role/content) with the last user turn replaced by the
-    privileged template of (that turn, ``reference``)."""
-    out = [dict(m) for m in messages]
-    last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
-    if last is None:
-        raise ValueError("the prompt has no user turn to add the reference to")
-    out[last]["content"] = (template or PRIVILEGED_TEMPLATE).format(prompt=out[last]["content"], reference=reference)
-    return out
-
-
-def teacher_batch(tokenizer, batch: DataProto, privileged_key: str, template: str | None = None) -> DataProto:
-    """The teacher's input: each row's privileged prompt (chat template, generation prompt) left-padded,
-    then the row's own response (``batch.batch["responses"]``, right-padded, ``response_mask``)."""
+def teacher_messages(batch: DataProto, privileged_key: str, template: str | None = None) -> list:
+    """Each row's privileged prompt: the library's ``privileged_prompt`` of its chat messages
+    (``raw_prompt``) and its reference (the ``privileged_key`` column)."""
     if privileged_key not in batch.non_tensor_batch:
         raise KeyError(f"the batch has no {privileged_key!r} column (rlsd.privileged_key); dataset columns: "
                        f"{sorted(batch.non_tensor_batch)}")
-    contexts = [tokenizer.apply_chat_template(privileged_messages(m, str(ref), template), add_generation_prompt=True,
-                                              tokenize=True, return_dict=False)
-                for m, ref in zip(batch.non_tensor_batch["raw_prompt"], batch.non_tensor_batch[privileged_key])]
+    return [privileged_prompt(m, ref, template)
+            for m, ref in zip(batch.non_tensor_batch["raw_prompt"], batch.non_tensor_batch[privileged_key])]
+
+
+def teacher_batch(tokenizer, batch: DataProto, privileged_key: str, template: str | None = None) -> DataProto:
+    """The teacher's input: each row's privileged prompt (:func:`teacher_messages`, chat template,
+    generation prompt) left-padded, then the row's own response (``batch.batch["responses"]``,
+    right-padded, ``response_mask``)."""
+    contexts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+                for m in teacher_messages(batch, privileged_key, template)]
     responses, response_mask = batch.batch["responses"], batch.batch["response_mask"].long()
     B, P = len(contexts), max(map(len, contexts))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
