@@ -118,7 +118,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.teacher = Teacher(model, cfg.teacher) if cfg.algo.algorithm.needs_teacher else None
-        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.kl_coef else None
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.loss.kl_coef else None
         self.engine = make_engine(cfg.rollout, model, tokenizer)
         self.answer_marker = tokenizer(cfg.algo.answer_marker, add_special_tokens=False)["input_ids"]
         self.step = 0
@@ -307,7 +307,7 @@ class Trainer:
     # -------------------------------------------------------------------------------- helpers
     def current_lam(self, step: int) -> float:
         a = self.cfg.algo
-        return lam_at(step, a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps, a.lam_warmup_steps)
+        return lam_at(step, a.loss.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps, a.lam_warmup_steps)
 
     def encode(self, text: str) -> list:
         return self.tokenizer(text)["input_ids"]

@@ -2,7 +2,7 @@
 :data:`rlsd.algorithms.ALGORITHMS` adds them up: a reward term (``rlsd_loss``, lam from the schedule
 with credit, else 0) and a distillation term (``opsd_loss`` with its coefficient).
 
-``algo.negative_only`` and ``algo.credit_span`` ('thought': ``credit_mask`` is 1 on the tokens
+``algo.loss.negative_only`` and ``algo.credit_span`` ('thought': ``credit_mask`` is 1 on the tokens
 before the final answer, see :func:`thought_length`) restrict rlsd's reweighting (docs/math.md).
 All take the student's last hidden states and the LM head, never the logits. The losses also
 return the student's mean full-vocabulary entropy (``entropy_mean``) from the same sweep (OPSD's
@@ -12,7 +12,6 @@ full-vocabulary JSD form excepted).
 from __future__ import annotations
 
 from rlsd_kernels import opsd_loss, rlsd_loss
-from rlsd_kernels.options import FIELDS, RLSDOptions
 
 from .config import AlgoConfig
 
@@ -34,7 +33,7 @@ def algorithm_loss(algo: AlgoConfig, lam: float, hidden, weight, targets, mask, 
     common = dict(bias=bias, temperature=temperature, loss_agg=algo.loss_agg, normalizer=normalizer, impl=impl)
     loss, metrics = 0.0, {}
     if alg.reward:
-        options = RLSDOptions(**{name: getattr(algo, name) for name in FIELDS}).with_lam(alg.lam(lam))
+        options = algo.loss.with_lam(alg.lam(lam))
         loss, metrics = rlsd_loss(
             hidden, weight, targets, advantages, mask, **(teacher if alg.credit else {}), old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs, options=options,

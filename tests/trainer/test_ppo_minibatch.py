@@ -55,7 +55,7 @@ def test_several_mini_batches_move_the_ratio_and_clip(tmp_path):
     assert metrics["approx_kl"] > 1e-3 and metrics["ppo_clip_frac"] > 0.0
     # the clip acts: without it (eps huge) the same mini-batches give other weights
     unclipped = trainer_for(tmp_path / "u", ppo_mini_batch_size=1, ppo_epochs=2)
-    unclipped.cfg.algo.eps_low, unclipped.cfg.algo.eps_high, unclipped.cfg.algo.dual_clip = 0.999, 1e6, None
+    unclipped.cfg.algo.loss = unclipped.cfg.algo.loss.replace(eps_low=0.999, eps_high=1e6, dual_clip=None)
     unclipped.update(samples)
     change = max((trainer.model.state_dict()[k] - v).abs().max().item()
                  for k, v in unclipped.model.state_dict().items())

@@ -46,7 +46,7 @@ def sq_delta(trainer, samples):
 ALGOS = [
     ("grpo", {}, {}),
     ("rlsd", {}, {}),
-    ("rlsd", {"lam_schedule": "linear", "lam": 0.5}, {"sync": "frozen", "sync_every": 100}),
+    ("rlsd", {"lam_schedule": "linear", "loss": {"lam": 0.5}}, {"sync": "frozen", "sync_every": 100}),
     ("grpo+opsd", {"opsd_coef": 0.5}, {}),
     ("opsd", {"opsd_form": "jsd"}, {}),
 ]

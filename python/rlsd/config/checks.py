@@ -14,8 +14,6 @@ import torch
 
 from rlsd_kernels.math import LOSS_AGGS
 from rlsd_kernels.ops import IMPLS
-from rlsd_kernels.options import FIELDS as LOSS_OPTIONS
-from rlsd_kernels.options import RLSDOptions
 
 from ..algorithms import ALGORITHMS
 
@@ -165,7 +163,6 @@ def _value_problems(cfg) -> list:
              "a non-empty list of module names"),
         ]
     problems += [f"{key} must be {what}, got {value!r}" for key, value, ok, what in ranges if not ok]
-    problems += [f"algo.{p}" for name in LOSS_OPTIONS if (p := RLSDOptions.problem(name, getattr(a, name)))]
     problems += _template_problems("data.prompt_template", d.prompt_template, ("prompt",))
     problems += _template_problems("teacher.template", te.template, ("prompt", "reference"))
     problems += _verifier_problems(cfg.verifier)
