@@ -52,7 +52,7 @@ from .metrics import MetricsLog, plot_metrics
 from .model import lm_head, load_model, pick_device, prepare_model
 from .objectives import algorithm_loss, thought_length
 from .rollout import make_engine
-from .teacher import Teacher, teacher_prompt
+from .teacher import Teacher, TeacherInputs, teacher_prompt
 from .verifiers import make_verifier
 
 
@@ -274,7 +274,7 @@ class Trainer:
                                                 self.pad_id, self.device, body=self.ddp)
         weight, bias = lm_head(self.model)
         T = targets.shape[1]
-        teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else {}
+        teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else TeacherInputs()
         credit_mask = None
         if cfg.algo.credit_span == "thought":
             credit_mask = (torch.arange(T)[None, :] < torch.tensor([s.thought for s in batch])[:, None]).to(mask)
@@ -287,14 +287,14 @@ class Trainer:
             impl=cfg.train.impl, credit_mask=credit_mask)
         return loss, metrics
 
-    def teacher_inputs(self, batch: list, targets) -> dict:
+    def teacher_inputs(self, batch: list, targets) -> TeacherInputs:
         """Live teacher: its hidden states (the kernel computes lp_T under the same head in the same
         pass). Frozen teacher: its log-probs under its own head."""
         contexts = [s.teacher_context for s in batch]
         if self.teacher.live:
             h_t, _ = self.teacher.hidden(contexts, [s.response for s in batch], self.pad_id, self.device)
-            return {"teacher_hidden": h_t}
-        return {"teacher_logprobs": self.frozen_logprobs(self.teacher.frozen, contexts, batch, targets)}
+            return TeacherInputs(hidden=h_t)
+        return TeacherInputs(logprobs=self.frozen_logprobs(self.teacher.frozen, contexts, batch, targets))
 
     @torch.no_grad()
     def frozen_logprobs(self, net, contexts: list, batch: list, targets):

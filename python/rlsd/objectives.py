@@ -14,6 +14,7 @@ from __future__ import annotations
 from rlsd_kernels import opsd_loss, rlsd_loss
 
 from .config import AlgoConfig
+from .teacher import TeacherInputs
 
 
 def thought_length(response: list, marker: list) -> int:
@@ -24,25 +25,26 @@ def thought_length(response: list, marker: list) -> int:
 
 
 def algorithm_loss(algo: AlgoConfig, lam: float, hidden, weight, targets, mask, *, advantages,
-                   teacher: dict, old_logprobs=None, ref_logprobs=None, bias=None, temperature=1.0,
-                   normalizer=None, impl="auto", credit_mask=None):
-    """(loss, metrics) of one micro-batch; ``lam`` is the schedule's value; ``teacher`` is
-    {'teacher_hidden': ...} or {'teacher_logprobs': ...} (empty without a teacher); ``credit_mask``
-    [B, T] for ``credit_span`` 'thought'."""
+                   teacher: TeacherInputs = TeacherInputs(), old_logprobs=None, ref_logprobs=None, bias=None,
+                   temperature=1.0, normalizer=None, impl="auto", credit_mask=None):
+    """(loss, metrics) of one micro-batch; ``lam`` is the schedule's value; ``credit_mask`` [B, T]
+    for ``credit_span`` 'thought'."""
     alg = algo.algorithm
     common = dict(bias=bias, temperature=temperature, loss_agg=algo.loss_agg, normalizer=normalizer, impl=impl)
     loss, metrics = 0.0, {}
     if alg.reward:
-        options = algo.loss.with_lam(alg.lam(lam))
+        rl_teacher = teacher if alg.credit else TeacherInputs()
         loss, metrics = rlsd_loss(
-            hidden, weight, targets, advantages, mask, **(teacher if alg.credit else {}), old_logprobs=old_logprobs,
-            ref_logprobs=ref_logprobs, options=options,
+            hidden, weight, targets, advantages, mask, teacher_hidden=rl_teacher.hidden,
+            teacher_logprobs=rl_teacher.logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+            options=algo.loss.with_lam(alg.lam(lam)),
             credit_mask=credit_mask if alg.credit else None, compute_entropy=True, **common)
         metrics = dict(metrics)
     if alg.distill:
         entropy = not alg.reward and algo.opsd_form == "sampled"  # else the reward term's, or none (jsd)
-        o_loss, o_metrics = opsd_loss(hidden, weight, targets, mask, **teacher, form=algo.opsd_form,
-                                      beta=algo.opsd_beta, compute_entropy=entropy, **common)
+        o_loss, o_metrics = opsd_loss(hidden, weight, targets, mask, teacher_hidden=teacher.hidden,
+                                      teacher_logprobs=teacher.logprobs, form=algo.opsd_form, beta=algo.opsd_beta,
+                                      compute_entropy=entropy, **common)
         loss = loss + alg.distill_coef(algo.opsd_coef) * o_loss
         if "entropy_mean" in o_metrics:
             metrics["entropy_mean"] = o_metrics.pop("entropy_mean")

@@ -9,6 +9,8 @@ verified worked trace (``solution``), or an attached ``document``.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -17,6 +19,21 @@ from rlsd_kernels.privileged import privileged_prompt
 from .batch import response_hidden
 from .config import TeacherConfig
 from .model import lm_head
+
+
+@dataclass(frozen=True)
+class TeacherInputs:
+    """What the loss reads of the teacher for one micro-batch, at most one of: its last hidden states
+    [B, T, H] at the response positions (live: the loss applies the student's LM head to them in the
+    same sweep) or its log-probs [B, T] of the response tokens (frozen: under its own head).
+    ``TeacherInputs()``: no teacher."""
+
+    hidden: Optional[torch.Tensor] = None
+    logprobs: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.hidden is not None and self.logprobs is not None:
+            raise ValueError("TeacherInputs takes the teacher's hidden states or its log-probs, not both")
 
 
 def privileged_reference(example, source: str) -> str:

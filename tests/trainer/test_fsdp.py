@@ -27,6 +27,7 @@ from rlsd.distributed import DecoderBody
 from rlsd.loop import global_normalizer
 from rlsd.model import lm_head
 from rlsd.objectives import algorithm_loss
+from rlsd.teacher import TeacherInputs
 
 ALGO = {"name": "rlsd", "loss": {"lam": 0.7, "kl_coef": 0.0}, "loss_agg": "token-mean"}
 
@@ -63,7 +64,7 @@ def one_step(rank, world_size, tmp_path):
     T = targets.shape[1]
     loss, metrics = algorithm_loss(
         algo, algo.loss.lam, hidden, lm_head(model)[0], targets, mask, advantages=torch.tensor([adv[i] for i in mine]),
-        teacher={"teacher_logprobs": teacher_lp[mine, :T]}, old_logprobs=pad_values([old[i] for i in mine], T),
+        teacher=TeacherInputs(logprobs=teacher_lp[mine, :T]), old_logprobs=pad_values([old[i] for i in mine], T),
         normalizer=normalizer)
     (loss * world_size).backward()
     full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t  # noqa: E731

@@ -39,7 +39,7 @@ def sq_delta(trainer, samples):
         h, targets, mask = response_hidden(trainer.model, [s.context for s in samples],
                                            [s.response for s in samples], trainer.pad_id)
         lp_s, _ = fused_linear_logprobs(h, lm_head(trainer.model)[0], targets)
-        lp_t = trainer.teacher_inputs(samples, targets)["teacher_logprobs"]
+        lp_t = trainer.teacher_inputs(samples, targets).logprobs
         return (((lp_t - lp_s) ** 2) * mask).sum().item() / mask.sum().item()
 
 
@@ -98,7 +98,7 @@ def test_teacher_logprobs_come_from_privileged_prompt(tmp_path):
     targets = torch.zeros(2, max(len(s.response) for s in samples), dtype=torch.long)
     for i, s in enumerate(samples):
         targets[i, :len(s.response)] = torch.tensor(s.response)
-    lp_t = trainer.teacher_inputs(samples, targets)["teacher_logprobs"]
+    lp_t = trainer.teacher_inputs(samples, targets).logprobs
     for i, s in enumerate(samples):
         for ctx, should_match in ((s.teacher_context, True), (s.context, False)):
             ids = torch.tensor([ctx + s.response])
