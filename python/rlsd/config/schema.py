@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rlsd_kernels.options import RLSDOptions
+from rlsd_kernels import RLSDOptions
 from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
 
 from ..algorithms import ALGORITHMS, Algorithm

@@ -139,7 +139,6 @@ class RLSDActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def set_rlsd_options(self, options: RLSDOptions):
         self.rlsd_loss.options = options
-        self.rlsd_loss.lam = options.lam
 
 
 class RLSDRayPPOTrainer(RayPPOTrainer):
