@@ -164,10 +164,20 @@ def save_checkpoint(path: str, *, model, tokenizer, optimizer, sampler, step: in
     return path
 
 
-def _leaves(cfg: dict) -> dict:
-    """``section.key -> value`` of a config dict (option mappings and LoRA settings stay whole)."""
-    cfg = json.loads(json.dumps(cfg, default=str))
-    return {f"{section}.{key}": value for section, fields in cfg.items() for key, value in (fields or {}).items()}
+_WHOLE = ("model.lora", "verifier.options", "rollout.vllm_options")  # mappings compared as one value
+
+
+def _leaves(cfg: dict, where: str = "") -> dict:
+    """``section.key -> value`` of a config dict, ``algo.loss.lam -> value`` in nested sections
+    (option mappings and LoRA settings stay whole)."""
+    out = {}
+    for key, value in json.loads(json.dumps(cfg or {}, default=str)).items():
+        name = f"{where}.{key}" if where else key
+        if isinstance(value, dict) and name not in _WHOLE:
+            out.update(_leaves(value, name))
+        elif where:  # a top-level section of null has no keys
+            out[name] = value
+    return out
 
 
 def config_differences(saved: dict, current: dict) -> list:

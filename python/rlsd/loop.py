@@ -50,9 +50,9 @@ from .distributed import all_reduce_sum, init_distributed, wrap_student
 from .evaluate import evaluate
 from .metrics import MetricsLog, plot_metrics
 from .model import lm_head, load_model, pick_device, prepare_model
-from .objectives import algorithm_loss, needs_teacher, thought_length
+from .objectives import algorithm_loss, thought_length
 from .rollout import make_engine
-from .teacher import Teacher, privileged_prompt
+from .teacher import Teacher, TeacherInputs, teacher_prompt
 from .verifiers import make_verifier
 
 
@@ -117,8 +117,8 @@ class Trainer:
         self.verifier = make_verifier(cfg.verifier.name, workers=cfg.verifier.workers or None, **cfg.verifier.options)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.teacher = Teacher(model, cfg.teacher) if needs_teacher(cfg.algo) else None
-        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.kl_coef else None
+        self.teacher = Teacher(model, cfg.teacher) if cfg.algo.algorithm.needs_teacher else None
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.loss.kl_coef else None
         self.engine = make_engine(cfg.rollout, model, tokenizer)
         self.answer_marker = tokenizer(cfg.algo.answer_marker, add_special_tokens=False)["input_ids"]
         self.step = 0
@@ -168,13 +168,13 @@ class Trainer:
         level = self.sampler.level
         self.sampler.update(rewards.flatten().tolist())
         keep = torch.ones(len(groups), dtype=torch.bool)
-        if cfg.algo.dynamic_sampling and cfg.algo.name != "opsd":
+        if cfg.algo.samples_dynamically:
             keep = informative_groups(rewards)
         t1 = time.perf_counter()
 
         samples = []
         for g in keep.nonzero().flatten().tolist():
-            teacher_ctx = self.encode(privileged_prompt(examples[g], cfg.teacher)) if self.teacher else []
+            teacher_ctx = self.encode(teacher_prompt(examples[g], cfg.teacher)) if self.teacher else []
             samples += [Sample(x.prompt_ids, teacher_ctx, x.response_ids, x.logprobs, float(a), g,
                                thought_length(x.response_ids, self.answer_marker))
                         for x, a in zip(groups[g], adv[g].tolist())]
@@ -274,7 +274,7 @@ class Trainer:
                                                 self.pad_id, self.device, body=self.ddp)
         weight, bias = lm_head(self.model)
         T = targets.shape[1]
-        teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else {}
+        teacher = self.teacher_inputs(batch, targets) if self.teacher is not None else TeacherInputs()
         credit_mask = None
         if cfg.algo.credit_span == "thought":
             credit_mask = (torch.arange(T)[None, :] < torch.tensor([s.thought for s in batch])[:, None]).to(mask)
@@ -287,14 +287,14 @@ class Trainer:
             impl=cfg.train.impl, credit_mask=credit_mask)
         return loss, metrics
 
-    def teacher_inputs(self, batch: list, targets) -> dict:
+    def teacher_inputs(self, batch: list, targets) -> TeacherInputs:
         """Live teacher: its hidden states (the kernel computes lp_T under the same head in the same
         pass). Frozen teacher: its log-probs under its own head."""
         contexts = [s.teacher_context for s in batch]
         if self.teacher.live:
             h_t, _ = self.teacher.hidden(contexts, [s.response for s in batch], self.pad_id, self.device)
-            return {"teacher_hidden": h_t}
-        return {"teacher_logprobs": self.frozen_logprobs(self.teacher.frozen, contexts, batch, targets)}
+            return TeacherInputs(hidden=h_t)
+        return TeacherInputs(logprobs=self.frozen_logprobs(self.teacher.frozen, contexts, batch, targets))
 
     @torch.no_grad()
     def frozen_logprobs(self, net, contexts: list, batch: list, targets):
@@ -307,7 +307,7 @@ class Trainer:
     # -------------------------------------------------------------------------------- helpers
     def current_lam(self, step: int) -> float:
         a = self.cfg.algo
-        return lam_at(step, a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps, a.lam_warmup_steps)
+        return lam_at(step, a.loss.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps, a.lam_warmup_steps)
 
     def encode(self, text: str) -> list:
         return self.tokenizer(text)["input_ids"]

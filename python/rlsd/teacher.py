@@ -1,20 +1,39 @@
 """The self-teacher: the same network, prompted with privileged context, run without gradient.
 
 ``sync='live'`` uses the current weights; ``sync='frozen'`` a copy refreshed every ``sync_every``
-optimizer steps (the authors' K = 20). The privileged prompt is ``template`` filled with the
-example's prompt and its reference: the final answer, a verified worked trace (``solution``), or
-an attached ``document``.
+optimizer steps (the authors' K = 20). The teacher's prompt is the library's privileged prompt
+(``rlsd_kernels.privileged``) of the example's prompt and its reference: the final answer, a
+verified worked trace (``solution``), or an attached ``document``.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
+
+from rlsd_kernels.privileged import privileged_prompt
 
 from .batch import response_hidden
 from .config import TeacherConfig
 from .model import lm_head
+
+
+@dataclass(frozen=True)
+class TeacherInputs:
+    """What the loss reads of the teacher for one micro-batch, at most one of: its last hidden states
+    [B, T, H] at the response positions (live: the loss applies the student's LM head to them in the
+    same sweep) or its log-probs [B, T] of the response tokens (frozen: under its own head).
+    ``TeacherInputs()``: no teacher."""
+
+    hidden: Optional[torch.Tensor] = None
+    logprobs: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.hidden is not None and self.logprobs is not None:
+            raise ValueError("TeacherInputs takes the teacher's hidden states or its log-probs, not both")
 
 
 def privileged_reference(example, source: str) -> str:
@@ -24,8 +43,9 @@ def privileged_reference(example, source: str) -> str:
     return str(ref)
 
 
-def privileged_prompt(example, cfg: TeacherConfig) -> str:
-    return cfg.template.format(prompt=example.prompt, reference=privileged_reference(example, cfg.source))
+def teacher_prompt(example, cfg: TeacherConfig) -> str:
+    """The teacher's prompt of ``example``: ``cfg.template`` filled with its prompt and its ``cfg.source``."""
+    return privileged_prompt(example.prompt, privileged_reference(example, cfg.source), cfg.template)
 
 
 class Teacher:

@@ -9,7 +9,8 @@ context) and ``rho = exp(lp_S - lp_old)``.
 Two hooks of ``GRPOTrainer``:
 
 - ``_generate_and_score_completions``: after TRL's own rollout and scoring, the teacher prompt of
-  every rollout is built from its dataset row, ``teacher_template`` filled with the question and the
+  every rollout is built from its dataset row by :func:`rlsd_kernels.privileged.privileged_prompt`,
+  ``teacher_template`` filled with the question (a conversational prompt's last user turn) and the
   row's privileged column (default ``"privileged"``; e.g. a reference solution), tokenized like
   TRL's prompts (chat template for conversational data) and stored as ``teacher_prompt_ids`` /
   ``teacher_prompt_mask`` next to ``prompt_ids``, so TRL's shuffling and splitting carry it along.
@@ -50,7 +51,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from ..api import rlsd_loss
-from ..privileged import PRIVILEGED_TEMPLATE
+from ..privileged import PRIVILEGED_TEMPLATE, privileged_prompt
 from ..options import LamSchedulable, RLSDOptions
 from .loss_types import LOSS_TYPES
 
@@ -72,17 +73,6 @@ def add_hidden_forward(model):
         return self.base_model(*args, **kwargs).last_hidden_state
 
     model.forward = types.MethodType(_forward, model)
-
-
-def teacher_prompt(prompt, reference, template: str = PRIVILEGED_TEMPLATE):
-    """The teacher's prompt: ``template`` filled with the question and the privileged ``reference``.
-    For conversational prompts the last message's text is replaced."""
-    if isinstance(prompt, str):
-        return template.format(prompt=prompt, reference=reference)
-    *head, last = prompt
-    if not isinstance(last["content"], str):
-        raise NotImplementedError("teacher prompts are built for text messages only")
-    return [*head, {**last, "content": template.format(prompt=last["content"], reference=reference)}]
 
 
 class RLSDTrainer(LamSchedulable, GRPOTrainer):
@@ -137,8 +127,7 @@ class RLSDTrainer(LamSchedulable, GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         if self.privileged_column in inputs[0]:
-            prompts = [teacher_prompt(x["prompt"], x[self.privileged_column], self.teacher_template) for x in inputs]
-            ids, _, _ = self._tokenize_prompts(prompts)
+            ids, _, _ = self._tokenize_prompts(self.teacher_prompts(inputs))
             ids = [torch.tensor(i) for i in ids]
             device = output["prompt_ids"].device
             output["teacher_prompt_ids"] = pad(ids, padding_value=self._tokenizer.pad_token_id,
@@ -146,6 +135,10 @@ class RLSDTrainer(LamSchedulable, GRPOTrainer):
             output["teacher_prompt_mask"] = pad([torch.ones_like(i) for i in ids], padding_value=0,
                                                 padding_side="left").to(device)
         return output
+
+    def teacher_prompts(self, inputs) -> list:
+        """The teacher prompt of each dataset row: its ``prompt`` with its privileged column."""
+        return [privileged_prompt(x["prompt"], x[self.privileged_column], self.teacher_template) for x in inputs]
 
     def _completion_hidden(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
         """Last hidden states [B, C, H] at the positions that predict the C completion tokens."""

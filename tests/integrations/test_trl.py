@@ -5,6 +5,7 @@ teacher prompt; and a two-step ``train()`` runs with the teacher built from a da
 
 import copy
 import string
+import types
 
 import pytest
 import torch
@@ -15,8 +16,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noq
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from rlsd_kernels.integrations.trl import RLSDTrainer, teacher_prompt  # noqa: E402
+from privileged_cases import CHAT, PLAIN  # noqa: E402
+from rlsd_kernels.integrations.trl import RLSDTrainer  # noqa: E402
 from rlsd_kernels.math import aggregation_weights, clipped_surrogate, rlsd_credit  # noqa: E402
+from rlsd_kernels.privileged import privileged_prompt  # noqa: E402
 
 TOL = dict(rtol=2e-4, atol=1e-6)
 
@@ -70,7 +73,7 @@ def prepared_batch(tok, old=True, ref=True):
     right-padded completions (one of them empty), per-sequence advantages."""
     torch.manual_seed(1)
     prompts = ["12+13=", "7+8=", "100+1=", "5="]
-    teacher = [teacher_prompt(p, "ref 42") for p in prompts]
+    teacher = [privileged_prompt(p, "ref 42") for p in prompts]
 
     def left_pad(texts):
         ids = [torch.tensor(tok(t)["input_ids"]) for t in texts]
@@ -183,8 +186,8 @@ def test_train_smoke(tmp_path):
     assert any((p.detach() - before[n]).abs().max() > 0 for n, p in model.named_parameters())
 
 
-def test_teacher_prompt_of_conversational_rows():
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2="}]
-    got = teacher_prompt(messages, "4", "{prompt} | hint: {reference}")
-    assert got == [messages[0], {"role": "user", "content": "2+2= | hint: 4"}]
-    assert messages[1]["content"] == "2+2="
+@pytest.mark.parametrize("prompt,reference,template,want", PLAIN + CHAT)
+def test_teacher_prompts_of_dataset_rows(prompt, reference, template, want):
+    """The teacher prompt of a row (plain or conversational), as the library's builder writes it."""
+    trainer = types.SimpleNamespace(privileged_column="hint", teacher_template=template)
+    assert RLSDTrainer.teacher_prompts(trainer, [{"prompt": prompt, "hint": reference}]) == [want]

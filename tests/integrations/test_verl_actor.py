@@ -255,8 +255,8 @@ def verl_rank(rank, world_size, port, model_dir, loss_agg, out):
 
 def thin_trainer_update(model, tok, tmp_path, loss_agg):
     contexts, privileged, responses, old, adv = batch(len(tok))
-    cfg = make_config(tmp_path, algo={"name": "rlsd", "lam": LAM, "loss_agg": loss_agg, "kl_coef": 0.0,
-                                      "eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0, "entropy_coef": 0.0},
+    loss = {"lam": LAM, "kl_coef": 0.0, "eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0, "entropy_coef": 0.0}
+    cfg = make_config(tmp_path, algo={"name": "rlsd", "loss": loss, "loss_agg": loss_agg},
                       train={"micro_batch_size": 2, "lr": LR, "grad_clip": CLIP, "weight_decay": 0.01,
                              "ppo_mini_batch_size": 0, "ppo_epochs": 1})
     trainer = Trainer(cfg, model, tok, [])

@@ -3,6 +3,8 @@
 FSDP2 on the CPU, in this process: the worker group is called directly, not through Ray) on a batch
 laid out as veRL's ``fit`` hands it over. Skipped where verl is not installed (run in .venv-verl)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,36 +17,62 @@ from test_verl_actor import cpu_process_group, padded_proto, tiny_model_dir, ver
 from verl.utils import tensordict_utils as tu  # noqa: E402
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
 
+import rlsd.verl.trainer  # noqa: E402
 from rlsd.advantages import lam_at  # noqa: E402
 from rlsd.verl.trainer import (RLSDActorRolloutRefWorker, RLSDRayPPOTrainer, RLSDSettings,  # noqa: E402
-                               privileged_messages, teacher_batch)
+                               teacher_batch, teacher_messages)
 from rlsd_kernels.integrations.verl import TEACHER_KEY  # noqa: E402
-from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE  # noqa: E402
+from privileged_cases import CHAT as CHAT_PROMPTS  # noqa: E402
+from rlsd_kernels.options import RLSDOptions  # noqa: E402
+from rlsd_kernels.privileged import privileged_prompt  # noqa: E402
 
 CHAT = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
 PROMPTS = ["12+34", "5+6"]
 REFERENCES = ["46", "11"]
 
 
-def test_settings_refuse_unknown_keys_and_schedules():
-    with pytest.raises(ValueError, match="unknown keys \\['lamda'\\]"):
-        RLSDSettings.from_config({"lamda": 0.5})
+SHIPPED = OmegaConf.load(os.path.join(os.path.dirname(rlsd.verl.trainer.__file__), "config", "rlsd_trainer.yaml"))
+
+
+def settings(**changes):
+    """The shipped config's ``rlsd`` section with ``changes``."""
+    return RLSDSettings.from_config({**OmegaConf.to_container(SHIPPED.rlsd), **changes})
+
+
+def test_settings_of_the_shipped_config():
+    s = settings()
+    assert s.loss == RLSDOptions(lam=0.5) and s.template is None and s.privileged_key == "privileged"
+    assert s.options_at(3) == RLSDOptions(lam=lam_at(3, 0.5, "warmup-decay", 0.0, 50, 0))
+
+
+def test_settings_refuse_unknown_moved_missing_and_bad_keys():
+    with pytest.raises(ValueError, match="unknown keys rlsd.lamda; rlsd has"):
+        settings(lamda=0.5)
+    with pytest.raises(ValueError, match="keys rlsd.lam \\(moved to rlsd.loss.lam\\), rlsd.eps_w \\(moved"):
+        settings(lam=0.5, eps_w=0.2)
+    with pytest.raises(ValueError, match="rlsd.loss.eps_low \\(set by veRL: actor_rollout_ref.actor.clip_ratio_low\\)"):
+        settings(loss={"eps_low": 0.1})
+    with pytest.raises(ValueError, match="missing keys rlsd.lam_end \\("):
+        RLSDSettings.from_config({k: v for k, v in OmegaConf.to_container(SHIPPED.rlsd).items() if k != "lam_end"})
     with pytest.raises(ValueError, match="lam_schedule"):
-        RLSDSettings.from_config({"lam_schedule": "cosine"})
-    with pytest.raises(ValueError, match="eps_w"):
-        RLSDSettings.from_config({"eps_w": 1.5})
-    s = RLSDSettings.from_config({"lam": 0.5, "lam_schedule": "warmup-decay", "lam_warmup_steps": 4})
+        settings(lam_schedule="cosine")
+    with pytest.raises(ValueError, match="rlsd.loss.eps_w must be"):
+        settings(loss={"eps_w": 1.5})
+    s = settings(loss={"lam": 0.5, "negative_only": True}, lam_warmup_steps=4)
     assert [s.lam_at(k) for k in range(3)] == [lam_at(k, 0.5, "warmup-decay", 0.0, 50, 4) for k in range(3)]
+    assert s.options_at(1) == RLSDOptions(lam=s.lam_at(1), negative_only=True)
 
 
-def test_privileged_messages_replace_the_last_user_turn():
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+2"}]
-    out = privileged_messages(messages, "3")
-    assert out[0] == messages[0] and messages[1]["content"] == "1+2"
-    assert out[1]["content"] == PRIVILEGED_TEMPLATE.format(prompt="1+2", reference="3")
-    assert privileged_messages(messages, "3", "{prompt}|{reference}")[1]["content"] == "1+2|3"
-    with pytest.raises(ValueError, match="no user turn"):
-        privileged_messages([{"role": "system", "content": "x"}], "3")
+@pytest.mark.parametrize("prompt,reference,template,want", CHAT_PROMPTS)
+def test_teacher_messages_of_the_batch_rows(prompt, reference, template, want):
+    """Each row's teacher prompt, as the library's builder writes it (the last user turn)."""
+    from verl import DataProto
+    column = lambda *values: np.array(list(values) + [None], dtype=object)[:-1]  # noqa: E731 (1-D of objects)
+    batch = DataProto.from_dict(tensors={"x": torch.zeros(1)},
+                                non_tensors={"raw_prompt": column(prompt), "hint": column(reference)})
+    assert teacher_messages(batch, "hint", template) == [want]
+    with pytest.raises(KeyError, match="no 'privileged' column"):
+        teacher_messages(batch, "privileged")
 
 
 class InProcessGroup:
@@ -101,12 +129,11 @@ def test_update_actor_runs_the_teacher_pass_and_the_schedule(cpu_process_group, 
 
     trainer = RLSDRayPPOTrainer.__new__(RLSDRayPPOTrainer)  # the driver's state that _update_actor reads
     trainer.config = OmegaConf.create({"actor_rollout_ref": OmegaConf.to_container(arr), "distillation": None})
-    trainer.rlsd = RLSDSettings.from_config({"lam": 0.8, "lam_schedule": "linear", "lam_end": 0.2,
-                                             "lam_decay_steps": 4, "privileged_key": "privileged"})
+    trainer.rlsd = settings(loss={"lam": 0.8}, lam_schedule="linear", lam_end=0.2, lam_decay_steps=4)
     trainer.tokenizer, trainer.actor_rollout_wg, trainer.global_steps = tok, InProcessGroup(worker), 3
 
     teacher_in = teacher_batch(tok, batch, "privileged")
-    contexts = [tok.apply_chat_template(privileged_messages([{"role": "user", "content": p}], ref), tokenize=True,
+    contexts = [tok.apply_chat_template(privileged_prompt([{"role": "user", "content": p}], ref), tokenize=True,
                                         add_generation_prompt=True, return_dict=False)
                 for p, ref in zip(PROMPTS, REFERENCES) for _ in range(2)]
     assert teacher_in.batch["prompts"].shape[1] == max(map(len, contexts))

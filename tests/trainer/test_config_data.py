@@ -8,9 +8,9 @@ from rlsd.data import CurriculumSampler, DataError, Example, informative_groups,
 
 def test_yaml_config_with_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("algo:\n  name: grpo\n  lam: 0.5\nmodel:\n  lora:\n    r: 4\ntrain:\n  lr: 1.0e-5\n")
+    path.write_text("algo:\n  name: grpo\n  loss: {lam: 0.5}\nmodel:\n  lora:\n    r: 4\ntrain:\n  lr: 1.0e-5\n")
     cfg = load_config(str(path), ["train.steps=7", "algo.loss_agg=seq-mean-token-mean"])
-    assert cfg.algo.name == "grpo" and cfg.algo.lam == 0.5 and cfg.train.lr == 1e-5
+    assert cfg.algo.name == "grpo" and cfg.algo.loss.lam == 0.5 and cfg.train.lr == 1e-5
     assert cfg.train.steps == 7 and cfg.algo.loss_agg == "seq-mean-token-mean"
     assert isinstance(cfg.model.lora, LoraConfig) and cfg.model.lora.r == 4
     with pytest.raises(ConfigError, match="algo.lamda"):

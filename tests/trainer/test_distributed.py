@@ -10,7 +10,7 @@ from processes import free_port
 from trainer_helpers import examples, make_config, tiny_setup
 from rlsd.loop import Trainer
 
-SECTIONS = dict(algo={"name": "rlsd", "dynamic_sampling": False, "kl_coef": 0.01},
+SECTIONS = dict(algo={"name": "rlsd", "dynamic_sampling": False, "loss": {"kl_coef": 0.01}},
                 train={"steps": 1, "prompts_per_step": 4, "micro_batch_size": 3, "seed": 1})
 
 

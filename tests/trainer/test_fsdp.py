@@ -27,8 +27,9 @@ from rlsd.distributed import DecoderBody
 from rlsd.loop import global_normalizer
 from rlsd.model import lm_head
 from rlsd.objectives import algorithm_loss
+from rlsd.teacher import TeacherInputs
 
-ALGO = {"name": "rlsd", "lam": 0.7, "kl_coef": 0.0, "loss_agg": "token-mean"}
+ALGO = {"name": "rlsd", "loss": {"lam": 0.7, "kl_coef": 0.0}, "loss_agg": "token-mean"}
 
 
 def batch(vocab):
@@ -62,8 +63,8 @@ def one_step(rank, world_size, tmp_path):
                                             body=body)
     T = targets.shape[1]
     loss, metrics = algorithm_loss(
-        algo, algo.lam, hidden, lm_head(model)[0], targets, mask, advantages=torch.tensor([adv[i] for i in mine]),
-        teacher={"teacher_logprobs": teacher_lp[mine, :T]}, old_logprobs=pad_values([old[i] for i in mine], T),
+        algo, algo.loss.lam, hidden, lm_head(model)[0], targets, mask, advantages=torch.tensor([adv[i] for i in mine]),
+        teacher=TeacherInputs(logprobs=teacher_lp[mine, :T]), old_logprobs=pad_values([old[i] for i in mine], T),
         normalizer=normalizer)
     (loss * world_size).backward()
     full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t  # noqa: E731

@@ -17,7 +17,7 @@ from rlsd.loop import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SECTIONS = dict(algo={"name": "rlsd", "lam": 0.5}, teacher={"sync": "frozen", "sync_every": 2})
+SECTIONS = dict(algo={"name": "rlsd", "loss": {"lam": 0.5}}, teacher={"sync": "frozen", "sync_every": 2})
 
 
 def build(run_dir, steps=4, algo=None, train=None):
@@ -103,7 +103,7 @@ def test_run_killed_during_a_checkpoint_write_resumes_from_the_last_complete_one
 def test_manifest_lists_every_file_with_size_and_hash(finished):
     root, _ = finished
     manifest = verify_checkpoint(ckpt(root, 4))
-    assert manifest["step"] == 4 and manifest["config"]["algo"]["lam"] == 0.5
+    assert manifest["step"] == 4 and manifest["config"]["algo"]["loss"]["lam"] == 0.5
     on_disk = {os.path.relpath(os.path.join(d, n), ckpt(root, 4)) for d, _, ns in os.walk(ckpt(root, 4)) for n in ns}
     assert set(manifest["files"]) == on_disk - {"manifest.json"}
     assert {"model/config.json", "model/model.safetensors", "trainer_state.pt"} <= set(manifest["files"])
@@ -164,11 +164,11 @@ def test_a_directory_that_is_not_a_checkpoint(run_copy, tmp_path):
 
 
 def test_resume_with_a_different_config(run_copy):
-    trainer = build(run_copy, algo={"lam": 0.9}, train={"lr": 1e-4})
+    trainer = build(run_copy, algo={"loss": {"lam": 0.9}}, train={"lr": 1e-4})
     before = params(trainer.model)
     with pytest.raises(CheckpointError, match="different config") as info:
         trainer.resume()
-    assert "algo.lam: 0.5 in the checkpoint, 0.9 now" in str(info.value)
+    assert "algo.loss.lam: 0.5 in the checkpoint, 0.9 now" in str(info.value)
     assert "train.lr: 0.001 in the checkpoint, 0.0001 now" in str(info.value)
     assert unchanged(before, trainer.model) and trainer.step == 0
     # more steps, other micro-batches and evaluation settings do not change what is trained
@@ -209,7 +209,7 @@ def test_config_differences():
     assert config_differences(saved, changed) == [
         "model.lora: None in the checkpoint, {'r': 4} now", "train.seed: 0 in the checkpoint, 1 now",
         "verifier.options: {} in the checkpoint, {'pattern': 'x'} now"]
-    del saved["algo"]["lam"]  # a key the checkpoint's (older) config did not have is not compared
+    del saved["algo"]["loss"]["lam"]  # a key the checkpoint's (older) config did not have is not compared
     assert config_differences(saved, config_to_dict(Config())) == []
 
 

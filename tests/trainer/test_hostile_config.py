@@ -30,13 +30,13 @@ data: {{train: {tmp_path / 'train.jsonl'}, prompt_template: "{{prompt}}\\n"}}
 verifier: {{name: math}}
 rollout: {{engine: vllm, n: 8, max_new_tokens: 1024, temperature: 1}}
 teacher: {{sync: frozen, sync_every: 20, source: answer}}
-algo: {{name: rlsd, lam: 0.5, lam_schedule: linear, lam_end: 0.0, lam_decay_steps: 50, eps_w: 0.2, dual_clip: 3}}
+algo: {{name: rlsd, loss: {{lam: 0.5, eps_w: 0.2, dual_clip: 3}}, lam_schedule: linear, lam_end: 0.0, lam_decay_steps: 50}}
 train: {{steps: 200, prompts_per_step: 32, micro_batch_size: 16, lr: 1e-6, output_dir: runs/rlsd}}
 """)
     cfg = load_config(path)
     assert cfg.train.lr == 1e-6 and isinstance(cfg.train.lr, float)  # YAML 1.1 would read "1e-6" as a string
     assert cfg.rollout.temperature == 1.0 and isinstance(cfg.rollout.temperature, float)
-    assert cfg.model.lora.r == 16 and cfg.algo.dual_clip == 3.0 and cfg.data.prompt_template == "{prompt}\n"
+    assert cfg.model.lora.r == 16 and cfg.algo.loss.dual_clip == 3.0 and cfg.data.prompt_template == "{prompt}\n"
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -50,8 +50,16 @@ def test_unknown_key_in_each_section_is_named_with_a_suggestion(section):
 def test_unknown_keys_at_the_top_and_in_lora():
     assert "unknown key 'trian' (did you mean 'train'?)" in error({"trian": {}})
     assert "'model.lora.rank'" in error({"model": {"lora": {"rank": 4}}})
-    message = error({"algo": {"lamda": 1, "zzz": 2}})
-    assert "'algo.lamda' (did you mean 'algo.lam'?)" in message and "'algo.zzz'" in message
+    message = error({"algo": {"loss": {"lamda": 1, "zzz": 2}}})
+    assert "'algo.loss.lamda' (did you mean 'algo.loss.lam'?)" in message and "'algo.loss.zzz'" in message
+
+
+@pytest.mark.parametrize("key", ["lam", "eps_w", "negative_only", "kl_coef"])
+def test_a_loss_option_at_its_old_place_is_named_with_its_new_one(key):
+    assert f"unknown key 'algo.{key}' (moved to 'algo.loss.{key}')" in error({"algo": {key: 0.5}})
+    with pytest.raises(ConfigError, match=f"--set 'algo.{key}=0.5': unknown key 'algo.{key}' "
+                                          f"\\(moved to 'algo.loss.{key}'\\)"):
+        load_config(None, [f"algo.{key}=0.5"])
 
 
 @pytest.mark.parametrize("data,expected", [
@@ -70,7 +78,8 @@ def test_unknown_keys_at_the_top_and_in_lora():
     ({"model": None}, "model: expected a mapping, got null"),
     ({"train": [1, 2]}, "train: expected a mapping, got list"),
     ({"verifier": {"options": ["pattern"]}}, "verifier.options: expected a mapping"),
-    ({"algo": {"dual_clip": "off"}}, "algo.dual_clip: expected a number"),
+    ({"algo": {"loss": {"dual_clip": "off"}}}, "algo.loss.dual_clip must be a number, got str 'off'"),
+    ({"algo": {"loss": None}}, "algo.loss: expected a mapping, got null"),
     ({"data": {"eval": None}}, "data.eval: expected a string, got null"),
 ])
 def test_wrong_types_are_named(data, expected):
@@ -89,9 +98,10 @@ def test_every_type_error_is_reported_at_once():
     ("train.weight_decay", -0.1), ("train.betas", [0.9]), ("train.betas", [0.9, 1.0]), ("train.betas", ["a", 0.9]),
     ("train.grad_clip", -1), ("train.seed", -1), ("train.seed", 2 ** 32), ("train.threads", -2),
     ("train.eval_every", -1), ("train.eval_size", -1), ("train.checkpoint_every", -1), ("train.output_dir", " "),
-    ("algo.lam", -0.1), ("algo.lam", 1.5), ("algo.lam_end", 2.0), ("algo.lam_decay_steps", 0),
-    ("algo.eps_w", -0.1), ("algo.eps_w", 1.0), ("algo.eps_low", 1.0), ("algo.eps_high", -0.1),
-    ("algo.dual_clip", 1.0), ("algo.kl_coef", -1), ("algo.entropy_coef", float("nan")), ("algo.opsd_beta", 1.5),
+    ("algo.loss.lam", -0.1), ("algo.loss.lam", 1.5), ("algo.lam_end", 2.0), ("algo.lam_decay_steps", 0),
+    ("algo.loss.eps_w", -0.1), ("algo.loss.eps_w", 1.0), ("algo.loss.eps_low", 1.0), ("algo.loss.eps_high", -0.1),
+    ("algo.loss.dual_clip", 1.0), ("algo.loss.kl_coef", -1), ("algo.loss.entropy_coef", float("nan")),
+    ("algo.opsd_beta", 1.5),
     ("algo.opsd_coef", -1), ("rollout.temperature", 0), ("rollout.temperature", -1.0), ("rollout.n", 0),
     ("rollout.max_new_tokens", 0), ("teacher.sync_every", 0), ("data.curriculum_threshold", 1.5),
     ("data.curriculum_window", 0), ("model.lora.r", 0), ("model.lora.dropout", 1.0),
@@ -109,13 +119,17 @@ def test_values_out_of_range_are_named(key, value):
 @pytest.mark.parametrize("key,value,suggestion", [
     ("algo.name", "rsld", "rlsd"), ("algo.name", "ppo", None), ("rollout.engine", "vlm", "vllm"),
     ("verifier.name", "exct", "exact"), ("algo.loss_agg", "token_mean", "token-mean"),
-    ("teacher.sync", "froze", "frozen"), ("algo.kl_type", "k4", None), ("algo.advantage", "dr-grpo", "drgrpo"),
+    ("teacher.sync", "froze", "frozen"), ("algo.loss.kl_type", "k4", None), ("algo.advantage", "dr-grpo", "drgrpo"),
     ("algo.lam_schedule", "cosine", None), ("algo.opsd_form", "kl", None), ("teacher.source", "trace", None),
     ("model.dtype", "fp16", None), ("train.impl", "cuda", None), ("train.device", "gpu", None),
 ])
 def test_unknown_names(key, value, suggestion):
-    section, name = key.split(".")
-    message = error({section: {name: value}})
+    *path, name = key.split(".")
+    data = node = {}
+    for part in path:
+        node = node.setdefault(part, {})
+    node[name] = value
+    message = error(data)
     assert key in message and repr(value) in message
     if suggestion:
         assert f"did you mean '{suggestion}'" in message
@@ -183,8 +197,10 @@ def test_errors_from_a_file_name_the_file(tmp_path):
 def test_set_overrides(tmp_path):
     path = write(tmp_path, "model:\n  lora: null\ntrain: {lr: 1.0e-5}\n")
     cfg = load_config(path, ["train.steps=7", "model.lora.r=4", "train.output_dir=123", "train.betas=[0.8, 0.9]",
-                             "verifier.options.pattern=(\\d+)", "verifier.name=exact", "algo.dual_clip=null"])
+                             "verifier.options.pattern=(\\d+)", "verifier.name=exact", "algo.loss.dual_clip=null",
+                             "algo.loss.kl_type=k2"])
     assert cfg.train.steps == 7 and cfg.model.lora.r == 4 and cfg.train.output_dir == "123"
+    assert cfg.algo.loss.dual_clip is None and cfg.algo.loss.kl_type == "k2"
     assert cfg.train.betas == [0.8, 0.9] and cfg.verifier.options == {"pattern": "(\\d+)"} and cfg.train.lr == 1e-5
     assert load_config(path, ["model.lora=null"]).model.lora is None
     with pytest.raises(ConfigError, match=r"--set 'train.lr=1': train is list \[1\], not a mapping"):

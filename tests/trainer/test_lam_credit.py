@@ -26,15 +26,15 @@ def test_warmup_decay_schedule_values():
     assert lam_at(7, 0.5, "warmup-decay", decay_steps=0) == 0.5
 
 
-ALGO = {"name": "rlsd", "lam": 0.5, "lam_schedule": "warmup-decay", "lam_warmup_steps": 5, "lam_decay_steps": 0,
-        "negative_only": True, "credit_span": "thought", "answer_marker": "#"}
+ALGO = {"name": "rlsd", "loss": {"lam": 0.5, "negative_only": True}, "lam_schedule": "warmup-decay",
+        "lam_warmup_steps": 5, "lam_decay_steps": 0, "credit_span": "thought", "answer_marker": "#"}
 
 
 def test_config_accepts_the_authors_options():
     a = config_from_dict({"algo": ALGO}).algo
-    assert (a.lam_schedule, a.lam_warmup_steps, a.lam_decay_steps, a.negative_only, a.credit_span,
+    assert (a.lam_schedule, a.lam_warmup_steps, a.lam_decay_steps, a.loss.negative_only, a.credit_span,
             a.answer_marker) == ("warmup-decay", 5, 0, True, "thought", "#")
-    assert config_from_dict({}).algo.negative_only is False and config_from_dict({}).algo.credit_span == "all"
+    assert config_from_dict({}).algo.loss.negative_only is False and config_from_dict({}).algo.credit_span == "all"
 
 
 @pytest.mark.parametrize("change,expected", [
@@ -44,7 +44,7 @@ def test_config_accepts_the_authors_options():
     ({"lam_schedule": "warmup"}, "algo.lam_schedule must be one of"),
     ({"credit_span": "answer"}, "algo.credit_span must be one of"),
     ({"answer_marker": ""}, "algo.credit_span 'thought' needs algo.answer_marker"),
-    ({"negative_only": "yes"}, "algo.negative_only: expected true or false"),
+    ({"loss": {"negative_only": "yes"}}, "algo.loss.negative_only must be True or False, got str 'yes'"),
     ({"lam_warmup_steps": 2.5}, "algo.lam_warmup_steps: expected an integer"),
 ])
 def test_config_refuses_bad_values(change, expected):

@@ -7,7 +7,7 @@ from trainer_helpers import examples, make_config, tiny_setup
 from rlsd.loop import Trainer
 
 RESUME_SECTIONS = dict(
-    algo={"name": "rlsd", "dynamic_sampling": True, "kl_coef": 0.01, "lam_schedule": "linear", "lam": 0.5,
+    algo={"name": "rlsd", "dynamic_sampling": True, "loss": {"kl_coef": 0.01, "lam": 0.5}, "lam_schedule": "linear",
           "lam_decay_steps": 3},
     teacher={"sync": "frozen", "sync_every": 2},
 )

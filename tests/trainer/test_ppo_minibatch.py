@@ -3,7 +3,7 @@ import torch
 
 from trainer_helpers import examples, make_config, params_copy, tiny_setup
 from rlsd.loop import Sample, Trainer, ppo_mini_batches
-from rlsd.teacher import privileged_prompt
+from rlsd.teacher import teacher_prompt
 
 
 def grouped_batch(trainer, prompts=4, n=4, seed=1):
@@ -12,7 +12,7 @@ def grouped_batch(trainer, prompts=4, n=4, seed=1):
     groups = trainer.engine.generate([trainer.encode(e.prompt) for e in exs], n, 10, 1.0, seed=seed)
     out = []
     for g, (e, rs) in enumerate(zip(exs, groups)):
-        ctx = trainer.encode(privileged_prompt(e, trainer.cfg.teacher))
+        ctx = trainer.encode(teacher_prompt(e, trainer.cfg.teacher))
         out += [Sample(r.prompt_ids, ctx, r.response_ids, r.logprobs, 1.0 if i % 2 else -1.0, g)
                 for i, r in enumerate(rs)]
     return out
@@ -55,7 +55,7 @@ def test_several_mini_batches_move_the_ratio_and_clip(tmp_path):
     assert metrics["approx_kl"] > 1e-3 and metrics["ppo_clip_frac"] > 0.0
     # the clip acts: without it (eps huge) the same mini-batches give other weights
     unclipped = trainer_for(tmp_path / "u", ppo_mini_batch_size=1, ppo_epochs=2)
-    unclipped.cfg.algo.eps_low, unclipped.cfg.algo.eps_high, unclipped.cfg.algo.dual_clip = 0.999, 1e6, None
+    unclipped.cfg.algo.loss = unclipped.cfg.algo.loss.replace(eps_low=0.999, eps_high=1e6, dual_clip=None)
     unclipped.update(samples)
     change = max((trainer.model.state_dict()[k] - v).abs().max().item()
                  for k, v in unclipped.model.state_dict().items())

@@ -13,16 +13,16 @@ def test_every_arm_is_a_valid_config(tmp_path, arm):
     assert cfg.train.ppo_mini_batch_size == 4 and cfg.train.prompts_per_step == 16 and cfg.train.seed == 3
     a, t = cfg.algo, cfg.teacher
     if arm.startswith("rlsd-authors"):  # their example script: lam 0.5 -> 0 over 60 steps, re-sync every 20
-        assert (a.lam, a.lam_schedule, a.lam_warmup_steps, a.lam_decay_steps, a.eps_w) == (0.5, "warmup-decay", 0, 60, 0.2)
+        assert (a.loss.lam, a.lam_schedule, a.lam_warmup_steps, a.lam_decay_steps, a.loss.eps_w) == (0.5, "warmup-decay", 0, 60, 0.2)
         assert (t.sync, t.sync_every) == ("frozen", 20)
     if arm.startswith("rlsd-decay50"):
-        assert (a.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps) == (0.5, "linear", 0.0, 50)
+        assert (a.loss.lam, a.lam_schedule, a.lam_end, a.lam_decay_steps) == (0.5, "linear", 0.0, 50)
         assert (t.sync, t.sync_every) == ("frozen", 10)
     if arm.startswith("opsd"):
         assert a.name == "opsd" and cfg.train.lr == (5e-5 if arm == "opsd-lr5e-5" else 1e-5)
     if arm.startswith("rlsd-live"):
-        assert cfg.algo.lam == 1.0 and cfg.teacher.sync == "live"
-        assert cfg.algo.eps_w == (float(arm.split("eps")[1]) if "eps" in arm else 0.2)
+        assert cfg.algo.loss.lam == 1.0 and cfg.teacher.sync == "live"
+        assert cfg.algo.loss.eps_w == (float(arm.split("eps")[1]) if "eps" in arm else 0.2)
     if arm.startswith("rlsd"):
         assert cfg.teacher.source == ("answer" if arm.endswith("answer") else "solution")
     assert (arm in STUDY_ARMS) == ("eps" not in arm and "decay50" not in arm and "lr5e-5" not in arm)

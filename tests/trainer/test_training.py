@@ -1,9 +1,12 @@
 import pytest
 import torch
 
+from privileged_cases import PLAIN
 from trainer_helpers import examples, grads, make_config, max_change, params_copy, tiny_setup
+from rlsd.config import TeacherConfig
+from rlsd.data import Example
 from rlsd.loop import Sample, Trainer
-from rlsd.teacher import privileged_prompt
+from rlsd.teacher import teacher_prompt
 
 
 def fixed_batch(trainer, seed=1):
@@ -13,7 +16,7 @@ def fixed_batch(trainer, seed=1):
     groups = trainer.engine.generate(prompts, 4, 10, trainer.cfg.rollout.temperature, seed=seed)
     out = []
     for e, g in zip(exs, groups):
-        ctx = trainer.encode(privileged_prompt(e, trainer.cfg.teacher))
+        ctx = trainer.encode(teacher_prompt(e, trainer.cfg.teacher))
         out += [Sample(r.prompt_ids, ctx, r.response_ids, r.logprobs, 1.0 if i % 2 else -1.0)
                 for i, r in enumerate(g)]
     return out
@@ -36,14 +39,14 @@ def sq_delta(trainer, samples):
         h, targets, mask = response_hidden(trainer.model, [s.context for s in samples],
                                            [s.response for s in samples], trainer.pad_id)
         lp_s, _ = fused_linear_logprobs(h, lm_head(trainer.model)[0], targets)
-        lp_t = trainer.teacher_inputs(samples, targets)["teacher_logprobs"]
+        lp_t = trainer.teacher_inputs(samples, targets).logprobs
         return (((lp_t - lp_s) ** 2) * mask).sum().item() / mask.sum().item()
 
 
 ALGOS = [
     ("grpo", {}, {}),
     ("rlsd", {}, {}),
-    ("rlsd", {"lam_schedule": "linear", "lam": 0.5}, {"sync": "frozen", "sync_every": 100}),
+    ("rlsd", {"lam_schedule": "linear", "loss": {"lam": 0.5}}, {"sync": "frozen", "sync_every": 100}),
     ("grpo+opsd", {"opsd_coef": 0.5}, {}),
     ("opsd", {"opsd_form": "jsd"}, {}),
 ]
@@ -78,6 +81,13 @@ def test_opsd_sampled_frozen_teacher_pulls_student_to_teacher(tmp_path):
     assert sq_delta(trainer, samples) < before
 
 
+@pytest.mark.parametrize("prompt,reference,template,want", PLAIN)
+def test_teacher_prompt_of_an_example(prompt, reference, template, want):
+    """The trainer's teacher prompt: the library's builder on the example's prompt and reference."""
+    cfg = TeacherConfig(source="answer", **({"template": template} if template else {}))
+    assert teacher_prompt(Example(prompt=prompt, answer=reference), cfg) == want
+
+
 def test_teacher_logprobs_come_from_privileged_prompt(tmp_path):
     model, tok = tiny_setup()
     cfg = make_config(tmp_path, teacher={"sync": "frozen"})
@@ -88,7 +98,7 @@ def test_teacher_logprobs_come_from_privileged_prompt(tmp_path):
     targets = torch.zeros(2, max(len(s.response) for s in samples), dtype=torch.long)
     for i, s in enumerate(samples):
         targets[i, :len(s.response)] = torch.tensor(s.response)
-    lp_t = trainer.teacher_inputs(samples, targets)["teacher_logprobs"]
+    lp_t = trainer.teacher_inputs(samples, targets).logprobs
     for i, s in enumerate(samples):
         for ctx, should_match in ((s.teacher_context, True), (s.context, False)):
             ids = torch.tensor([ctx + s.response])

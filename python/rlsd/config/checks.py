@@ -14,8 +14,8 @@ import torch
 
 from rlsd_kernels.math import LOSS_AGGS
 from rlsd_kernels.ops import IMPLS
-from rlsd_kernels.options import FIELDS as LOSS_OPTIONS
-from rlsd_kernels.options import RLSDOptions
+
+from ..algorithms import ALGORITHMS
 
 
 class ConfigError(ValueError):
@@ -108,7 +108,7 @@ def _value_problems(cfg) -> list:
         ("rollout.engine", r.engine, ("hf", "vllm")),
         ("teacher.sync", te.sync, ("live", "frozen")),
         ("teacher.source", te.source, ("answer", "solution", "document")),
-        ("algo.name", a.name, ("grpo", "opsd", "grpo+opsd", "rlsd")),
+        ("algo.name", a.name, tuple(ALGORITHMS)),
         ("algo.advantage", a.advantage, ("grpo", "drgrpo")),
         ("algo.lam_schedule", a.lam_schedule, ("constant", "linear", "warmup-decay")),
         ("algo.credit_span", a.credit_span, ("all", "thought")),
@@ -163,13 +163,12 @@ def _value_problems(cfg) -> list:
              "a non-empty list of module names"),
         ]
     problems += [f"{key} must be {what}, got {value!r}" for key, value, ok, what in ranges if not ok]
-    problems += [f"algo.{p}" for name in LOSS_OPTIONS if (p := RLSDOptions.problem(name, getattr(a, name)))]
     problems += _template_problems("data.prompt_template", d.prompt_template, ("prompt",))
     problems += _template_problems("teacher.template", te.template, ("prompt", "reference"))
     problems += _verifier_problems(cfg.verifier)
     if a.credit_span == "thought" and not a.answer_marker:
         problems.append("algo.credit_span 'thought' needs algo.answer_marker: the text that starts the final answer")
-    if "opsd" in a.name and a.opsd_form == "jsd" and te.sync != "live":
+    if a.name in ALGORITHMS and a.algorithm.distill and a.opsd_form == "jsd" and te.sync != "live":
         problems.append("algo.opsd_form 'jsd' compares full distributions under one LM head: "
                         "it needs teacher.sync 'live'")
     return problems

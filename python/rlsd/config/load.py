@@ -10,26 +10,43 @@ from typing import Any, Optional
 
 import yaml
 
+from rlsd_kernels.options import FIELDS as LOSS_OPTIONS
+from rlsd_kernels.options import RLSDOptions
+
 from .checks import ConfigError, _show, _suggest, _unwrap, environment_problems
 from .schema import Config
 
+# keys of earlier configs that have moved: their place now
+MOVED = {f"algo.{name}": f"algo.loss.{name}" for name in LOSS_OPTIONS}
+
+
+def _unknown(keys: list, names: list, where: str) -> str:
+    """The message for the ``keys`` that the section ``where`` (fields ``names``) does not have."""
+    prefix = f"{where}." if where else ""
+    shown = [repr(prefix + str(key)) + (f" (moved to {MOVED[prefix + str(key)]!r})" if prefix + str(key) in MOVED
+                                        else _suggest(key, names, prefix)) for key in keys]
+    return f"unknown key{'s' if len(shown) > 1 else ''} {', '.join(shown)}; {where or 'the top level'} has {names}"
+
 
 def _build(cls, data: Any, where: str):
-    """Instantiate dataclass ``cls`` from a mapping, recursing into sections; unknown keys are errors."""
+    """Instantiate dataclass ``cls`` from a mapping, recursing into sections; unknown keys are errors.
+    The loss options (:class:`RLSDOptions`) check themselves: each bad one is named under ``where``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    prefix = f"{where}." if where else ""
-    unknown = [repr(prefix + str(key)) + _suggest(key, names, prefix) for key in data if key not in names]
+    unknown = [key for key in data if key not in names]
     if unknown:
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                          f"{where or 'the top level'} has {names}")
+        raise ConfigError(_unknown(unknown, names, where))
     kwargs = {}
     for key, value in data.items():
         kind, _ = _unwrap(hints[key])
         section = dataclasses.is_dataclass(kind) and isinstance(value, dict)
         kwargs[key] = _build(kind, value, f"{where}.{key}".lstrip(".")) if section else value
+    if cls is RLSDOptions:
+        problems = [f"{where}.{p}" for key, value in kwargs.items() if (p := RLSDOptions.problem(key, value))]
+        if problems:
+            raise ConfigError("; ".join(problems))
     return cls(**kwargs)
 
 
@@ -44,9 +61,7 @@ def _field_type(dotted: str):
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(f"unknown key {prefix + part!r}{_suggest(part, names, prefix)}; "
-                              f"{where or 'the top level'} has {names}")
+            raise ConfigError(_unknown([part], names, where))
         kind, _ = _unwrap(typing.get_type_hints(cls)[part])
         where = f"{where}.{part}".lstrip(".")
         if i == len(parts) - 1 or kind is dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rlsd_kernels.options import RLSDOptions
+from rlsd_kernels import RLSDOptions
 from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
+
+from ..algorithms import ALGORITHMS, Algorithm
 
 
 @dataclass
@@ -62,30 +64,34 @@ class TeacherConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "rlsd"                   # grpo | opsd | grpo+opsd | rlsd
+    name: str = "rlsd"                   # a key of rlsd.algorithms.ALGORITHMS: grpo | opsd | grpo+opsd | rlsd
     advantage: str = "grpo"              # grpo: (R - mean) / (std + 1e-6) | drgrpo: R - mean
-    lam: float = RLSDOptions.lam          # RLSD credit strength (ignored by grpo / opsd)
+    # rlsd_loss's options: the fields, defaults and checks of rlsd_kernels.options.RLSDOptions. lam is
+    # where the schedule starts (the algorithm's table may zero it); kl_coef > 0 keeps a frozen copy
+    # of the start as the reference
+    loss: RLSDOptions = field(default_factory=RLSDOptions)
     # constant | linear: lam -> lam_end over lam_decay_steps | warmup-decay (the authors'): 0 -> lam
     # over lam_warmup_steps, then lam -> 0 over lam_decay_steps (0: stays at lam), advantages.lam_at
     lam_schedule: str = "constant"
     lam_end: float = 0.0                 # linear only
     lam_decay_steps: int = 50
     lam_warmup_steps: int = 0            # warmup-decay only
-    negative_only: bool = False          # reweight only responses with A < 0 (the rest keep Ahat = A)
     credit_span: str = "all"             # all | thought: reweight only tokens before the final answer,
     answer_marker: str = ""              # ... which starts at the last occurrence of this text's tokens
-    eps_w: float = RLSDOptions.eps_w
-    eps_low: float = RLSDOptions.eps_low
-    eps_high: float = RLSDOptions.eps_high
-    dual_clip: Optional[float] = RLSDOptions.dual_clip
-    entropy_coef: float = RLSDOptions.entropy_coef
-    kl_coef: float = RLSDOptions.kl_coef  # > 0 keeps a frozen copy of the start as the reference
-    kl_type: str = RLSDOptions.kl_type
     loss_agg: str = "token-mean"         # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     opsd_form: str = "sampled"           # sampled | jsd
     opsd_beta: float = 0.5
     opsd_coef: float = 1.0               # alpha in grpo+opsd: L_GRPO + alpha L_OPSD
-    dynamic_sampling: bool = True        # drop groups whose rewards are all equal (not for opsd)
+    # drop groups whose rewards are all equal; null: the algorithm's default (on, off for opsd)
+    dynamic_sampling: Optional[bool] = None
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return ALGORITHMS[self.name]
+
+    @property
+    def samples_dynamically(self) -> bool:
+        return self.algorithm.dynamic_sampling if self.dynamic_sampling is None else self.dynamic_sampling
 
 
 @dataclass

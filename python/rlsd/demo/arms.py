@@ -24,9 +24,10 @@ from .task import ANSWER_PATTERN, TEMPLATES
 RL = {"rollout": {"n": 8, "max_new_tokens": 32, "temperature": 1.0},
       "train": {"prompts_per_step": 16, "micro_batch_size": 128, "ppo_mini_batch_size": 4, "lr": 5e-5,
                 "grad_clip": 1.0, "threads": 1, "progress": False}}
-AUTHORS = {"lam": 0.5, "lam_schedule": "warmup-decay", "lam_warmup_steps": 0, "lam_decay_steps": 60, "eps_w": 0.2}
+AUTHORS = {"loss": {"lam": 0.5, "eps_w": 0.2}, "lam_schedule": "warmup-decay", "lam_warmup_steps": 0,
+           "lam_decay_steps": 60}
 AUTHORS_SYNC = 20
-DECAY50 = {"lam": 0.5, "lam_schedule": "linear", "lam_end": 0.0, "lam_decay_steps": 50}
+DECAY50 = {"loss": {"lam": 0.5}, "lam_schedule": "linear", "lam_end": 0.0, "lam_decay_steps": 50}
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -46,8 +47,8 @@ ARMS = {
              "teacher": _teacher("solution")},
     "rlsd-authors-answer": {"algo": {"name": "rlsd", **AUTHORS}, "teacher": _teacher("answer", "frozen", AUTHORS_SYNC)},
     "rlsd-authors-trace": {"algo": {"name": "rlsd", **AUTHORS}, "teacher": _teacher("solution", "frozen", AUTHORS_SYNC)},
-    "rlsd-live-answer": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("answer")},
-    "rlsd-live-trace": {"algo": {"name": "rlsd", "lam": 1.0}, "teacher": _teacher("solution")},
+    "rlsd-live-answer": {"algo": {"name": "rlsd", "loss": {"lam": 1.0}}, "teacher": _teacher("answer")},
+    "rlsd-live-trace": {"algo": {"name": "rlsd", "loss": {"lam": 1.0}}, "teacher": _teacher("solution")},
 }
 STUDY_ARMS = tuple(ARMS)
 ARMS.update({
@@ -55,7 +56,7 @@ ARMS.update({
     "rlsd-decay50-answer": {"algo": {"name": "rlsd", **DECAY50}, "teacher": _teacher("answer", "frozen")},
     "rlsd-decay50-trace": {"algo": {"name": "rlsd", **DECAY50}, "teacher": _teacher("solution", "frozen")},
 })
-ARMS.update({f"rlsd-live-trace-eps{eps}": {"algo": {"name": "rlsd", "lam": 1.0, "eps_w": eps},
+ARMS.update({f"rlsd-live-trace-eps{eps}": {"algo": {"name": "rlsd", "loss": {"lam": 1.0, "eps_w": eps}},
                                            "teacher": _teacher("solution")} for eps in (0.5, 0.9)})
 
 

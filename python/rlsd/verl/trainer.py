@@ -3,8 +3,8 @@
 Per step, veRL's own loop generates, scores, recomputes pi_old and the GRPO advantages; then, before
 the actor update, :class:`RLSDRayPPOTrainer` adds what RLSD needs:
 
-- the privileged prompt of each response: its chat messages (``raw_prompt``) with the last user turn
-  replaced by ``template.format(prompt=<that turn>, reference=<row[privileged_key]>)``;
+- the privileged prompt of each response: ``rlsd_kernels.privileged.privileged_prompt`` of its chat
+  messages (``raw_prompt``: the last user turn is the question) and its reference (``row[privileged_key]``);
 - the teacher pass, live: the actor's own ``compute_log_prob`` on (privileged prompt, the same
   response), giving ``lp_T`` [B, R] aligned with ``old_log_probs``, put in the batch under
   ``rlsd_kernels.integrations.verl.TEACHER_KEY``;
@@ -36,65 +36,80 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 from rlsd.advantages import lam_at
 from rlsd_kernels.integrations.verl import TEACHER_KEY, with_teacher
 from rlsd_kernels.integrations.verl import register as register_rlsd_loss
-from rlsd_kernels.options import RLSDOptions
-from rlsd_kernels.privileged import PRIVILEGED_TEMPLATE
+from rlsd_kernels.options import FIELDS, RLSDOptions
+from rlsd_kernels.privileged import privileged_prompt
 
 LOSS_NAME = "rlsd"
 
 
-@dataclasses.dataclass
-class RLSDSettings:
-    """The ``rlsd`` section of the config (config/rlsd_trainer.yaml)."""
+# RLSDOptions fields that veRL's actor config sets for the rlsd loss (the recipe refuses them under rlsd.loss)
+VERL_OWNED = {"eps_low": "actor_rollout_ref.actor.clip_ratio_low", "eps_high": "actor_rollout_ref.actor.clip_ratio_high",
+              "dual_clip": "actor_rollout_ref.actor.clip_ratio_c", "kl_coef": "actor_rollout_ref.actor.kl_loss_coef",
+              "kl_type": "actor_rollout_ref.actor.kl_loss_type", "entropy_coef": "actor_rollout_ref.actor.entropy_coeff"}
 
-    privileged_key: str = "privileged"
-    template: str | None = None
-    lam: float = 0.5
-    lam_schedule: str = "warmup-decay"
-    lam_end: float = 0.0
-    lam_decay_steps: int = 50
-    lam_warmup_steps: int = 0
-    eps_w: float = 0.2
-    negative_only: bool = False
+
+@dataclasses.dataclass(frozen=True)
+class RLSDSettings:
+    """The ``rlsd`` section of the config: each key and its value are written in
+    config/rlsd_trainer.yaml, all required here; ``loss`` holds the RLSDOptions fields that veRL's
+    rlsd loss reads (lam, eps_w, negative_only; the others at RLSDOptions' defaults)."""
+
+    privileged_key: str
+    template: str | None
+    loss: RLSDOptions
+    lam_schedule: str
+    lam_end: float
+    lam_decay_steps: int
+    lam_warmup_steps: int
 
     @classmethod
     def from_config(cls, section) -> "RLSDSettings":
-        fields = {f.name for f in dataclasses.fields(cls)}
+        """The settings of the mapping ``section``; ValueError naming each key that is unknown,
+        missing, moved (``rlsd.lam`` is ``rlsd.loss.lam``), veRL's own, or refused by RLSDOptions."""
+        names = [f.name for f in dataclasses.fields(cls)]
         given = dict(section or {})
-        unknown = sorted(set(given) - fields)
-        if unknown:
-            raise ValueError(f"rlsd: unknown keys {unknown}; known: {sorted(fields)}")
-        settings = cls(**given)
+        loss = dict(given.get("loss") or {})
+        unknown = [f"rlsd.{k}" + (f" (moved to rlsd.loss.{k})" if k in FIELDS else "") for k in given if k not in names]
+        unknown += [f"rlsd.loss.{k}" + (f" (set by veRL: {VERL_OWNED[k]})" if k in VERL_OWNED else "")
+                    for k in loss if k not in FIELDS or k in VERL_OWNED]
+        missing = [f"rlsd.{k}" for k in names if k not in given]
+        problems = [f"unknown keys {', '.join(unknown)}; rlsd has {names}, rlsd.loss "
+                    f"{[k for k in FIELDS if k not in VERL_OWNED]}"] if unknown else []
+        problems += [f"missing keys {', '.join(missing)} (config/rlsd_trainer.yaml has them all)"] if missing else []
+        problems += [f"rlsd.loss.{p}" for k, v in loss.items()
+                     if k in FIELDS and k not in VERL_OWNED and (p := RLSDOptions.problem(k, v))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        settings = cls(**{**given, "loss": RLSDOptions(**loss)})
         settings.lam_at(0)  # a bad schedule name fails here, not at the first update
-        problem = RLSDOptions.problem("eps_w", settings.eps_w)  # the kernel's rule
-        if problem:
-            raise ValueError(f"rlsd.{problem}")
         return settings
+
+    def options_at(self, step: int) -> RLSDOptions:
+        """The loss options for the batch after ``step`` optimizer steps: lam from the schedule."""
+        return self.loss.with_lam(self.lam_at(step))
 
     def lam_at(self, step: int) -> float:
         """lam for the batch after ``step`` optimizer steps."""
-        return lam_at(step, self.lam, self.lam_schedule, self.lam_end, self.lam_decay_steps, self.lam_warmup_steps)
+        return lam_at(step, self.loss.lam, self.lam_schedule, self.lam_end, self.lam_decay_steps,
+                      self.lam_warmup_steps)
 
 
-def privileged_messages(messages, reference: str, template: str | None = None) -> list:
-    """``messages`` (chat turns, dicts with role/content) with the last user turn replaced by the
-    privileged template of (that turn, ``reference``)."""
-    out = [dict(m) for m in messages]
-    last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
-    if last is None:
-        raise ValueError("the prompt has no user turn to add the reference to")
-    out[last]["content"] = (template or PRIVILEGED_TEMPLATE).format(prompt=out[last]["content"], reference=reference)
-    return out
-
-
-def teacher_batch(tokenizer, batch: DataProto, privileged_key: str, template: str | None = None) -> DataProto:
-    """The teacher's input: each row's privileged prompt (chat template, generation prompt) left-padded,
-    then the row's own response (``batch.batch["responses"]``, right-padded, ``response_mask``)."""
+def teacher_messages(batch: DataProto, privileged_key: str, template: str | None = None) -> list:
+    """Each row's privileged prompt: the library's ``privileged_prompt`` of its chat messages
+    (``raw_prompt``) and its reference (the ``privileged_key`` column)."""
     if privileged_key not in batch.non_tensor_batch:
         raise KeyError(f"the batch has no {privileged_key!r} column (rlsd.privileged_key); dataset columns: "
                        f"{sorted(batch.non_tensor_batch)}")
-    contexts = [tokenizer.apply_chat_template(privileged_messages(m, str(ref), template), add_generation_prompt=True,
-                                              tokenize=True, return_dict=False)
-                for m, ref in zip(batch.non_tensor_batch["raw_prompt"], batch.non_tensor_batch[privileged_key])]
+    return [privileged_prompt(m, ref, template)
+            for m, ref in zip(batch.non_tensor_batch["raw_prompt"], batch.non_tensor_batch[privileged_key])]
+
+
+def teacher_batch(tokenizer, batch: DataProto, privileged_key: str, template: str | None = None) -> DataProto:
+    """The teacher's input: each row's privileged prompt (:func:`teacher_messages`, chat template,
+    generation prompt) left-padded, then the row's own response (``batch.batch["responses"]``,
+    right-padded, ``response_mask``)."""
+    contexts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+                for m in teacher_messages(batch, privileged_key, template)]
     responses, response_mask = batch.batch["responses"], batch.batch["response_mask"].long()
     B, P = len(contexts), max(map(len, contexts))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -122,8 +137,8 @@ class RLSDActorRolloutRefWorker(ActorRolloutRefWorker):
             self.actor.set_loss_fn(with_teacher(self.loss_fn))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def set_rlsd_options(self, lam: float, eps_w: float, negative_only: bool):
-        self.rlsd_loss.options = RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only)
+    def set_rlsd_options(self, options: RLSDOptions):
+        self.rlsd_loss.options = options
 
 
 class RLSDRayPPOTrainer(RayPPOTrainer):
@@ -145,13 +160,13 @@ class RLSDRayPPOTrainer(RayPPOTrainer):
         return no_padding_2_padding(tu.get(output, "log_probs"), td).float()
 
     def _update_actor(self, batch: DataProto) -> DataProto:
-        lam = self.rlsd.lam_at(self.global_steps - 1)
-        self.actor_rollout_wg.set_rlsd_options(lam, self.rlsd.eps_w, self.rlsd.negative_only)
-        if lam != 0:
+        options = self.rlsd.options_at(self.global_steps - 1)
+        self.actor_rollout_wg.set_rlsd_options(options)
+        if options.needs_teacher:
             batch.batch[TEACHER_KEY] = self._teacher_log_probs(batch)
         else:  # GRPO this step: the loss does not read the teacher
             batch.batch[TEACHER_KEY] = torch.zeros_like(batch.batch["old_log_probs"])
         output = super()._update_actor(batch)
-        output.meta_info["metrics"]["rlsd/lam"] = lam
+        output.meta_info["metrics"]["rlsd/lam"] = options.lam
         return output
 
