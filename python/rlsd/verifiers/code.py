@@ -8,6 +8,7 @@ the solution controls (see README.md here).
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import os
@@ -230,21 +231,39 @@ def _in_sandbox(kind: str, code: str, check, timeout: float, memory_mb: int, fil
         return Verdict(1.0, "ok")
 
 
-@register("code", check=check_sandbox)
+def tests_of(example):
+    """The example's tests: a list of :class:`IOCase`, or assert-style source. Raises ``ValueError``
+    for tests that could not fail (none, no ``assert``) or are malformed."""
+    tests = example.meta.get("tests", example.answer)
+    if isinstance(tests, list) and tests and all(isinstance(t, dict) for t in tests):
+        if not all(set(t) == {"input", "output"} and all(isinstance(v, str) for v in t.values()) for t in tests):
+            raise ValueError("tests: each stdin/stdout case needs exactly the keys 'input' and 'output', strings")
+        return [IOCase(t["input"], t["output"]) for t in tests]
+    if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
+        tests = "\n".join(tests)
+    if not isinstance(tests, str):
+        raise ValueError("tests: expected assert statements (a string or a list of strings) or a non-empty list of "
+                         f"{{'input': ..., 'output': ...}} cases, got {type(tests).__name__} {str(tests)[:60]!r}")
+    program = parse_tests(tests)
+    if not any(isinstance(node, ast.Assert) for node in ast.walk(program.tree)):
+        raise ValueError("tests: no assert statement, so they could not fail")
+    return tests
+
+
+def check_row(example, **_) -> None:
+    tests_of(example)
+
+
+@register("code", check=check_sandbox, row=check_row)
 def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
                  sandbox: str = "bwrap") -> Verdict:
     """Reward 1 iff the tests (``example.meta['tests']``, else the answer) hold for the response's code
     within ``timeout`` seconds: statements such as ``assert f(2) == 4`` (a string, or a list of
     strings), or a list of ``{"input": ..., "output": ...}`` cases for a program that reads stdin."""
-    tests = example.meta.get("tests", example.answer)
+    tests = tests_of(example)
     code = extract_code(response)
     if not code.strip():
         return Verdict(0.0, "malformed: no code")
-    if isinstance(tests, list) and tests and all(isinstance(t, dict) for t in tests):
-        if not all(set(t) == {"input", "output"} for t in tests):
-            raise ValueError("tests: each stdin/stdout case needs exactly the keys 'input' and 'output'")
-        cases = [IOCase(str(t["input"]), str(t["output"])) for t in tests]
-        return run_io(code, cases, timeout, memory_mb, file_mb, sandbox)
     if isinstance(tests, list):
-        tests = "\n".join(tests)
-    return run_tests(code, str(tests), timeout, memory_mb, file_mb, sandbox)
+        return run_io(code, tests, timeout, memory_mb, file_mb, sandbox)
+    return run_tests(code, tests, timeout, memory_mb, file_mb, sandbox)

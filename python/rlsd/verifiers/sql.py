@@ -93,7 +93,15 @@ def compare(db: str, gold_query: str, query: str, timeout: float, max_rows: int,
     return "ok" if same else "different result set"
 
 
-@register("sql")
+def check_row(example, **_) -> None:
+    db = example.meta.get("db")
+    if not isinstance(db, str) or not db.strip():
+        raise ValueError("sql: the row has no 'db' (an SQL script or the path of an SQLite file)")
+    if not isinstance(example.answer, str) or not example.answer.strip():
+        raise ValueError("sql: the answer (the reference query) is empty")
+
+
+@register("sql", row=check_row)
 def sql_result_set(response: str, example, timeout: float = 5.0, ordered: bool = False,
                    max_rows: int = 100_000) -> Verdict:
     """Reward 1 iff the query returns the same rows as the reference (``example.answer``) on the
