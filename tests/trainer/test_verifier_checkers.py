@@ -97,3 +97,24 @@ def test_rows_are_checked_at_load(tmp_path):
     assert len(load_examples(str(path))) == 2  # without a check, as before
     with pytest.raises(DataError, match=r"rows.jsonl:2: .*format nope"):
         load_examples(str(path), check=verifier.check_row)
+
+
+# ---------------------------------------------------------------- worker pools
+def _die(*_):
+    import os
+    os._exit(1)
+
+
+def test_a_broken_pool_is_replaced_and_a_dead_worker_earns_zero():
+    from rlsd.verifiers import schema
+    from rlsd.verifiers._pool import WorkerFailed
+    example = ex(None, schema={"type": "integer"})
+    assert verify("json_schema", "1", example).reward == 1.0
+    pool = schema.POOL._instance()
+    pool.stop()
+    pool.join()
+    assert verify("json_schema", "1", example).reward == 1.0  # a new pool, not "verifier error" forever
+    assert schema.POOL._instance() is not pool
+    with pytest.raises(WorkerFailed, match="died"):
+        schema.POOL.run(_die, (), 10)
+    assert verify("json_schema", "1", example).reward == 1.0

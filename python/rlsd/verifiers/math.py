@@ -10,7 +10,7 @@ import math as _math
 import re
 
 from . import Verdict, register
-from ._pool import WorkerPool, WorkerTimeout
+from ._pool import WorkerFailed, WorkerPool
 
 MAX_CHARS = 100_000     # longer responses are refused before parsing
 POOL = WorkerPool(preload=("math_verify",))
@@ -120,6 +120,6 @@ def math_answer(response: str, example, timeout: float = 10.0) -> Verdict:
         return Verdict(0.0, f"malformed: response longer than {MAX_CHARS} characters")
     try:
         reason = POOL.run(equivalent, (response, str(example.answer), max(1, int(timeout / 3))), timeout)
-    except WorkerTimeout as exc:
+    except WorkerFailed as exc:
         return Verdict(0.0, str(exc))
     return Verdict(float(reason == "ok"), reason)

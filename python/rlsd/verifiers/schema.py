@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from . import Verdict, register
-from ._pool import WorkerPool, WorkerTimeout
+from ._pool import WorkerFailed, WorkerPool
 
 MAX_CHARS = 1_000_000  # longer responses are refused before parsing
 MAX_DIGITS = 4300      # digits of a JSON number (Python's own limit for int <-> str)
@@ -179,6 +179,6 @@ def json_schema(response: str, example, timeout: float = 5.0) -> Verdict:
     schema = example.meta.get("schema", example.answer)
     try:
         reason = POOL.run(check, (response, schema), timeout)
-    except WorkerTimeout as exc:
+    except WorkerFailed as exc:
         return Verdict(0.0, str(exc))
     return Verdict(float(reason == "ok"), reason)

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from . import Verdict, register
-from ._pool import WorkerPool, WorkerTimeout
+from ._pool import WorkerFailed, WorkerPool
 
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 _REFUSED_FUNCTIONS = {"load_extension"}
@@ -113,6 +113,6 @@ def sql_result_set(response: str, example, timeout: float = 5.0, ordered: bool =
     args = (example.meta["db"], str(example.answer), query, timeout, max_rows, ordered)
     try:
         reason = POOL.run(compare, args, 2 * timeout)
-    except WorkerTimeout as exc:
+    except WorkerFailed as exc:
         return Verdict(0.0, str(exc))
     return Verdict(float(reason == "ok"), reason)
