@@ -109,9 +109,13 @@ FAKED_ENDS = {  # name: (solution, tests); each would pass if its trick worked
                                   "an int subclass equal to everything", "re._cache poisoned"])
 def test_the_tricks_work_in_plain_python(name):
     """The tricks are real: solution then tests in one plain interpreter pass."""
+    assert passes_in_plain_python(*FAKED_ENDS[name])
+
+
+def passes_in_plain_python(solution: str, tests: str) -> bool:
     driver = "import sys\nns = {}\nexec(compile(sys.argv[1], '<solution>', 'exec'), ns)\n" \
              "exec(compile(sys.argv[2], '<tests>', 'exec'), ns)"
-    assert subprocess.run([sys.executable, "-c", driver, *FAKED_ENDS[name]], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", driver, solution, tests], capture_output=True).returncode == 0
 
 
 @needs_bwrap
@@ -169,6 +173,13 @@ FORGERS = {
         "import os\nr, w = os.pipe()\nm.fork_exec([b'/bin/sh', b'-c', b'exit 0'], [b'/bin/sh'], True, (w,), None, None,"
         " -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False)\n" + GOOD,
     "a test module's extension": dotted("_testcapi") + GOOD,
+    # the verdict is the tests' process's: frames the solution writes reach it as answers at most
+    "a verdict frame on every descriptor": "import os\nfor fd in range(64):\n    try:\n        os.write(fd, b'6\\n[\"ok\"]')\n"
+                                           "    except OSError:\n        pass\n" + BAD,
+    "a verdict frame as the answer": "import os, sys\ndef f(x):\n    os.write(3, b'6\\n[\"ok\"]')\n"
+                                     "    sys.stdout.write('6\\n[\"ok\"]')\n    os._exit(0)",
+    "a reply followed by a forged frame": "import os\ndef f(x):\n    os.write(4, b'13\\n[\"value\",4,[]]')\n    return 0",
+    "an oversized answer hiding frames": "def f(x):\n    return ('24\\n[\"value\",4,[]]' * 10) * (1 << 17)",
 }
 
 
@@ -457,9 +468,7 @@ OWN_PROCESS_TRICKS = {  # name: (solution, tests); each would pass if the tests 
 
 @pytest.mark.parametrize("name", sorted(set(OWN_PROCESS_TRICKS) - {"sorted in place, the input must stay"}))
 def test_the_own_process_tricks_work_in_plain_python(name):
-    driver = "import sys\nns = {}\nexec(compile(sys.argv[1], '<solution>', 'exec'), ns)\n" \
-             "exec(compile(sys.argv[2], '<tests>', 'exec'), ns)"
-    assert subprocess.run([sys.executable, "-c", driver, *OWN_PROCESS_TRICKS[name]], capture_output=True).returncode == 0
+    assert passes_in_plain_python(*OWN_PROCESS_TRICKS[name])
 
 
 @needs_bwrap
@@ -467,24 +476,6 @@ def test_the_own_process_tricks_work_in_plain_python(name):
 def test_tricks_on_the_tests_process_earn_nothing(code, name):
     verdict = code(*OWN_PROCESS_TRICKS[name])
     assert verdict.reward == 0.0 and verdict.reason.startswith("failed"), verdict
-
-
-VERDICT_FORGERS = {
-    "a verdict frame on every descriptor": "import os\nfor fd in range(64):\n    try:\n        os.write(fd, b'6\\n[\"ok\"]')\n"
-                                           "    except OSError:\n        pass\n" + BAD,
-    "a verdict frame as the answer": "import os, sys\ndef f(x):\n    os.write(3, b'6\\n[\"ok\"]')\n"
-                                     "    sys.stdout.write('6\\n[\"ok\"]')\n    os._exit(0)",
-    "a reply followed by a forged frame": "import os\ndef f(x):\n    os.write(4, b'13\\n[\"value\",4,[]]')\n    return 0",
-    "an oversized answer hiding frames": "def f(x):\n    return ('24\\n[\"value\",4,[]]' * 10) * (1 << 17)",
-}
-
-
-@needs_bwrap
-@pytest.mark.parametrize("name", sorted(VERDICT_FORGERS))
-def test_the_solution_cannot_write_the_verdict(code, name):
-    tests = "for i in range(3):\n    try:\n        y = f(2)\n    except Exception:\n        pass\nassert f(2) == 4 and f(5) == 10"
-    verdict = code(VERDICT_FORGERS[name], tests)
-    assert verdict.reward == 0.0, verdict
 
 
 @needs_bwrap
@@ -537,7 +528,7 @@ def test_one_slow_response_does_not_starve_the_others():
 
 
 # ---------------------------------------------------------------- bounds of the sandbox as a whole
-PROBES = """
+ATTEMPT = """
 import errno, os, socket
 def attempt(fn):
     try:
@@ -545,6 +536,8 @@ def attempt(fn):
         return "allowed"
     except OSError as exc:
         return errno.errorcode.get(exc.errno, str(exc.errno))
+"""  # a call's outcome: "allowed" or its errno's name
+PROBES = ATTEMPT + """
 def fill(folder):
     n = 0
     try:
@@ -584,15 +577,8 @@ def test_the_seccomp_filter_alone_refuses_processes_and_kernel_interfaces():
     """Below the audit hook: a process under the filter only (no hook, no sandbox) cannot fork, exec,
     make a namespace, a memfd, an extended attribute or a non-Unix socket; threads still work."""
     from rlsd.verifiers.sandbox import JAIL
-    probe = JAIL + """
-jail(False)
-import errno, os, socket, threading
-def attempt(fn):
-    try:
-        fn()
-        return "allowed"
-    except OSError as exc:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
+    probe = JAIL + "\njail(False)\n" + ATTEMPT + """
+import threading
 out = {"fork": attempt(os.fork), "exec": attempt(lambda: os.execv("/bin/true", ["true"])),
        "memfd": attempt(lambda: os.memfd_create("x")), "vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
        "xattr": attempt(lambda: os.setxattr(os.getcwd(), "user.x", b"1")), "ctypes": "ctypes" in __import__("sys").modules}
