@@ -24,13 +24,9 @@ test modules.
 
 import _signal
 import builtins
-import io
 import os
 import resource
 import sys
-import tempfile
-import threading
-import types
 
 MAX_REQUEST = 1 << 26  # bytes of one request (the first carries the source)
 MAX_OUTPUT = 1 << 24   # bytes of a program's output read back (the file-size limit is lower by default)
@@ -87,11 +83,13 @@ def _run_program(code, stdin):
     """What ``code`` writes to descriptor 1 (``print``, ``sys.stdout``, ``os.write(1, ...)``) when it
     reads ``stdin`` from descriptor 0 (``input()``, ``sys.stdin``, ``open(0)``); ``exit()`` and
     ``sys.exit(0)`` end it."""
+    import threading  # here, not at start-up: most solutions are modules
+
     read_end, write_end = os.pipe()
     feeder = threading.Thread(target=_feed, args=(write_end, stdin.encode()), daemon=True)
     feeder.start()
     saved = os.dup(0), os.dup(1)
-    with tempfile.TemporaryFile() as out:
+    with open(os.open(os.environ.get("TMPDIR", "/tmp"), os.O_TMPFILE | os.O_RDWR, 0o600), "w+b") as out:
         os.dup2(read_end, 0)
         os.close(read_end)
         os.dup2(out.fileno(), 1)
@@ -184,7 +182,7 @@ def main():
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # past the file-size limit a write fails, not the process
     _limits(limits)
     sys.addaudithook(_hook)
-    module = types.ModuleType("solution")  # not __main__: a demonstration under `if __name__ == "__main__":` stays out
+    module = type(sys)("solution")  # not __main__: a demonstration under `if __name__ == "__main__":` stays out
     module.__builtins__ = builtins
     sys.modules["solution"] = module
     program = None

@@ -20,8 +20,6 @@ import builtins
 import os
 import resource
 import sys
-import traceback
-import types
 
 MAX_REPLY = 1 << 24  # bytes of one answer of the solution's process
 _handles = {}
@@ -146,10 +144,12 @@ class _Names(dict):
 
 
 def _line(tb):
+    """The line of the tests where the exception of traceback ``tb`` went through last."""
     line = None
-    for frame, lineno in traceback.walk_tb(tb):
-        if frame.f_code.co_filename == "<tests>":
-            line = lineno
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<tests>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
     return line
 
 
@@ -159,7 +159,7 @@ def _source_line(source, number):
 
 
 def run_asserts(tests):
-    module = types.ModuleType("__main__")  # the module unittest.main() and pickle look in
+    module = type(sys)("__main__")  # the module unittest.main() and pickle look in
     module.__builtins__ = _Names(vars(builtins))
     sys.modules["__main__"] = module
     try:
