@@ -458,6 +458,8 @@ OWN_PROCESS_TRICKS = {  # name: (solution, tests); each would pass if the tests 
                                              "a = [3, 1, 2]\nassert f(a) == [1, 2, 3]\nassert a == [3, 1, 2]"),
     "an object whose arithmetic gives the answer": ("class A:\n    __add__ = __radd__ = lambda s, o: 4\n"
                                                     "def f(x):\n    return A()", "assert f(2) + 0 == 4"),
+    "a container that contains everything": ("class C:\n    __contains__ = lambda s, x: True\n    __iter__ = lambda s: iter([])\n"
+                                             "def primes(n):\n    return C()", "assert 2 in primes(10) and 7 in primes(10)"),
     "a str subclass equal to everything": ("class S(str):\n    __eq__ = lambda s, o: True\n    __hash__ = str.__hash__\n"
                                            "def f(x):\n    return S('no')", "assert f(2) == '4'"),
     "str() of an object gives a str subclass": ("class S(str):\n    __eq__ = lambda s, o: True\n    __hash__ = str.__hash__\n"

@@ -10,7 +10,7 @@ plain, updates]``, ``["stop"]`` (an iterator is exhausted) or ``["error", type n
 
 - ``["get", name]``: a global of the solution (not a builtin: the tests' builtins are their own);
 - ``["attr", n, name]``, ``["item", n, key]``, ``["iter", n]``, ``["next", n]``, ``["len", n]``,
-  ``["bool", n]``, ``["str", n]``, ``["repr", n]``, ``["contains", n, item]``: that operation on object ``n``;
+  ``["bool", n]``, ``["str", n]``, ``["repr", n]``: that operation on object ``n``;
 - ``["call", n, args, kwargs]``: a call, by value-result: ``updates`` lists ``[position or keyword,
   new value]`` for each list, dict or set argument that the call changed, for the tests' process
   to copy back into its own object;
@@ -150,8 +150,6 @@ def _serve(channel, namespace, program):
                 reply = answer(getattr(target, request[2]))
             elif op == "item":
                 reply = answer(target[decode(request[2], objects.__getitem__)])
-            elif op == "contains":
-                reply = answer(bool(decode(request[2], objects.__getitem__) in target))
             elif op == "call":
                 reply = call(target, request[2], request[3])
             elif op == "next":

@@ -9,9 +9,10 @@ which only this process holds: the solution's process has the two request pipes 
 The tests run here with this interpreter's own builtins and modules, which the solution never
 touches. A name the tests use that is neither theirs nor a builtin is the solution's global: looking
 it up is a request, and so is every call of, attribute or item of, iteration over, ``len``,
-``bool``, ``str``, ``repr`` or ``in`` of what comes back when it is not plain data (a
-:class:`Handle`). Equality, ordering, hashing and arithmetic of a handle are this process's
-(identity; no arithmetic), never the solution's. Calls are by value-result: plain arguments travel
+``bool``, ``str`` or ``repr`` of what comes back when it is not plain data (a :class:`Handle`).
+Equality, ordering, hashing, ``in`` (which iterates, comparing here) and arithmetic of a handle are
+this process's (identity; no arithmetic), never the solution's: the solution's object never sees
+the value it is compared with. Calls are by value-result: plain arguments travel
 as values, and a list, dict or set argument that the call changed is updated in place here from the
 solution's copy afterwards.
 """
@@ -113,9 +114,6 @@ class Handle:
 
     def __getitem__(self, key):
         return _request("item", self._number, encode(key, _plain_argument))
-
-    def __contains__(self, item):
-        return _typed(_request("contains", self._number, encode(item, _plain_argument)), bool)
 
     def __iter__(self):
         return _request("iter", self._number)

@@ -33,7 +33,7 @@ _HERE = Path(__file__).parent
 _PLAIN = (_HERE / "_plain.py").read_text()
 RUNNER = "\n".join([_PLAIN, JAIL, (_HERE / "_runner.py").read_text()])  # the solution's process
 TESTS = "\n".join([_PLAIN, JAIL, (_HERE / "_tests.py").read_text()])    # the tests' process
-MAX_PROCS = 64          # processes and threads inside one sandbox
+MAX_PROCS = 64          # threads inside one sandbox (the seccomp filter refuses new processes)
 MAX_REASON = 4096       # bytes of a process's stderr kept
 MAX_VERDICT = 1 << 16   # bytes of the verdict frame
 
@@ -57,7 +57,7 @@ def check_sandbox(sandbox: str = "bwrap", **_) -> None:
 
 
 class _Expired(Exception):
-    pass
+    """The deadline passed before the verdict came."""
 
 
 def _wait(fd: int, event: int, deadline: float) -> None:
@@ -228,8 +228,8 @@ def check_row(example, **_) -> None:
 def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
                  sandbox: str = "bwrap") -> Verdict:
     """Reward 1 iff the tests (``example.meta['tests']``, else the answer) hold for the response's code
-    within ``timeout`` seconds: statements such as ``assert f(2) == 4`` (a string, or a list of
-    strings), or a list of ``{"input": ..., "output": ...}`` cases for a program that reads stdin."""
+    within ``timeout`` seconds: Python such as ``assert f(2) == 4`` (a string, or a list of strings;
+    ``unittest`` too), or a list of ``{"input": ..., "output": ...}`` cases for a program that reads stdin."""
     tests = tests_of(example)
     code = extract_code(response)
     if not code.strip():
