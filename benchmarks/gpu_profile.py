@@ -16,6 +16,7 @@ import torch
 
 import rlsd_kernels as rk
 from rlsd_kernels.ops import get_backend
+from rlsd_kernels.ops.base import HeadCall
 
 TARGETS = {"qwen2.5-7b-8k": (8192, 3584, 152064), "llama-3-8b-16k": (16384, 4096, 128256),
            "qwen2.5-0.5b-32k": (32768, 896, 151936)}
@@ -66,7 +67,8 @@ def cases(h, ht, w, y, adv, T):
         return run
 
     backend = get_backend("triton")
-    stats = backend.stats(h, w, None, y, 1.0, False, ht)
+    call = HeadCall(h, w, None, y, 1.0, teacher_hidden=ht, need_grad=True, need_weight_grad=True)
+    stats = backend.stats(call)
     g_lp = torch.randn(N, device="cuda") / N
 
     def logprobs():
@@ -84,8 +86,8 @@ def cases(h, ht, w, y, adv, T):
         "gemm h W^T (bf16 out)": lambda: h @ w.T,
         "rlsd loss, default budget": loss(),
         **{f"rlsd loss, budget {b >> 20} MiB": loss(b) for b in (256 << 20, 1 << 30, 2 << 30)},
-        "statistics sweep (student + teacher)": lambda: backend.stats(h, w, None, y, 1.0, False, ht),
-        "gradient sweep": lambda: backend.backward(h, w, None, y, 1.0, stats, g_lp, None),
+        "statistics sweep (student + teacher)": lambda: backend.stats(call),
+        "gradient sweep": lambda: backend.backward(call, stats, g_lp, None),
         "fused_linear_logprobs fwd+bwd": logprobs,
     }
     if z32 is not None:

@@ -44,10 +44,10 @@ import torch
 import rlsd_kernels
 from rlsd_kernels import fused_linear_logprobs, rlsd_loss
 from rlsd_kernels.api import resolve_impl
-from rlsd_kernels.math import rlsd_credit, rlsd_token_loss
+from rlsd_kernels.math import rlsd_credit
 from rlsd_kernels.ops import FUSED, usable
 from rlsd_kernels.options import RLSDOptions
-from rlsd_kernels.tokens import token_inputs
+from rlsd_kernels.tokens import RLSDTokenLoss, token_inputs
 
 from benchmarks.inputs import MiB, Shape
 from benchmarks.measure import Step
@@ -102,7 +102,7 @@ def _rlsd_from_primitive(logprobs):
             lp_t = logprobs(th.reshape(-1, H), w, y.reshape(-1)).view(y.shape)
         tok = token_inputs(x["mask"], x["advantages"], "token-mean", None, torch.float32, teacher_logprobs=lp_t,
                            old_logprobs=x["old_logprobs"])  # what rlsd_loss builds internally
-        return rlsd_token_loss(CFG, lp.float(), None, tok).sum()
+        return RLSDTokenLoss(CFG)(lp.float(), None, tok).sum()
 
     return loss_fn
 
@@ -110,7 +110,7 @@ def _rlsd_from_primitive(logprobs):
 def _fused(impl):
     def loss_fn(x):
         loss, _ = rlsd_loss(x["hidden"], x["weight"], x["targets"], x["advantages"], x["mask"],
-                            teacher_hidden=x["teacher_hidden"], old_logprobs=x["old_logprobs"], lam=CFG.lam,
+                            teacher_hidden=x["teacher_hidden"], old_logprobs=x["old_logprobs"], options=CFG,
                             impl=impl)
         return loss
     return loss_fn

@@ -7,7 +7,8 @@ never holds the [tokens x vocabulary] logits.
 
 from .api import FusedLinearRLSDLoss, available_impls, fused_linear_logprobs, opsd_loss, rlsd_loss
 from .ops.vocab_parallel import VocabParallel
+from .options import RLSDOptions
 
-__all__ = ["rlsd_loss", "opsd_loss", "fused_linear_logprobs", "FusedLinearRLSDLoss", "available_impls",
-           "VocabParallel"]
+__all__ = ["rlsd_loss", "opsd_loss", "fused_linear_logprobs", "FusedLinearRLSDLoss", "RLSDOptions",
+           "available_impls", "VocabParallel"]
 __version__ = "0.1.0"

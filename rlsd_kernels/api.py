@@ -7,14 +7,12 @@ from __future__ import annotations
 import torch
 
 from . import autograd, checks
-from .math import masked_mean, rlsd_metrics
-from .ops import IMPLS, HeadBackend, auto, get_backend, usable
-from .ops.base import compute_dtype
+from .math import compute_dtype, masked_mean
+from .ops import IMPLS, auto, get_backend, usable
+from .ops.base import HeadBackend
 from .ops.triton import interpreted as triton_interpreted
-from .options import FIELDS, RLSDOptions
+from .options import LamSchedulable, RLSDOptions
 from .tokens import OPSDSampledTokenLoss, RLSDTokenLoss, Rows, TokenTerms, token_inputs
-
-_D = RLSDOptions()  # the option defaults live in one place: RLSDOptions' fields
 
 
 def available_impls() -> list:
@@ -65,24 +63,19 @@ def fused_linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0
     return lp.view(shape), (ent.view(shape) if compute_entropy else None)
 
 
-def _options(options, given) -> RLSDOptions:
-    """The options of one call: ``options`` (the keywords then left at their defaults) or the keywords."""
+def _options(options) -> RLSDOptions:
+    """The options of one call (None: the defaults)."""
     if options is None:
-        return RLSDOptions(**given)
+        return RLSDOptions()
     if not isinstance(options, RLSDOptions):
         raise TypeError(f"options must be an RLSDOptions, got {type(options).__name__}")
-    changed = [k for k, v in given.items() if v is not getattr(_D, k) and v != getattr(_D, k)]
-    if changed:
-        raise ValueError(f"pass options or its fields, not both: got options and {changed}")
     return options
 
 
 def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None,
-              bias=None, old_logprobs=None, ref_logprobs=None, temperature=1.0, lam=_D.lam, eps_w=_D.eps_w,
-              eps_low=_D.eps_low, eps_high=_D.eps_high, dual_clip=_D.dual_clip, kl_coef=_D.kl_coef,
-              kl_type=_D.kl_type, entropy_coef=_D.entropy_coef, token_weights=None, credit_mask=None,
-              negative_only=_D.negative_only, compute_entropy=False, loss_agg="token-mean", normalizer=None,
-              impl="auto", memory_budget=None, options=None):
+              bias=None, old_logprobs=None, ref_logprobs=None, temperature=1.0, token_weights=None,
+              credit_mask=None, compute_entropy=False, loss_agg="token-mean", normalizer=None, options=None,
+              impl="auto", memory_budget=None):
     """RLSD policy loss (docs/math.md): verifier sign, self-teacher magnitude; ``lam=0`` is GRPO/DAPO.
 
         delta = lp_T - lp_S;  w = exp(sign(A) delta);  Ahat = A ((1 - lam) + lam clamp(w, 1 - eps_w, 1 + eps_w))
@@ -91,15 +84,14 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
 
     hidden [B, T, H] (student), weight [V, H], targets [B, T] ints, advantages [B] or [B, T], mask [B, T]
     of 0 and 1. The teacher enters as ``teacher_hidden`` [B, T, H] (its log-probs are taken in the
-    same sweep) or precomputed ``teacher_logprobs`` [B, T], not both. The scalar options are
-    :class:`~rlsd_kernels.options.RLSDOptions`' fields, or ``options=`` one such object. Returns
+    same sweep) or precomputed ``teacher_logprobs`` [B, T], not both. The scalar options (lam, eps_w,
+    eps_low, eps_high, dual_clip, kl_coef, kl_type, entropy_coef, negative_only) come as one
+    :class:`~rlsd_kernels.RLSDOptions` (``options=``; None: the defaults, lam = 1). Returns
     ``(loss, metrics)``; metrics are detached 0-d tensors (credit_clip_frac, delta_mean,
     delta_abs_mean, ppo_clip_frac, approx_kl, and entropy_mean when the entropy is computed:
     ``entropy_coef != 0`` or ``compute_entropy``). ``memory_budget`` as in :func:`fused_linear_logprobs`.
     """
-    options = _options(options, dict(lam=lam, eps_w=eps_w, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
-                                     kl_coef=kl_coef, kl_type=kl_type, entropy_coef=entropy_coef,
-                                     negative_only=negative_only))
+    options = _options(options)
     compute_entropy = checks.flag(compute_entropy, "compute_entropy")
     backend = _select(impl, hidden, weight, memory_budget)
     checks.loss_inputs(backend, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
@@ -122,13 +114,13 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     tok = token_inputs(mask, advantages, loss_agg, normalizer, compute_dtype(hidden), rows,
                        teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                        token_weights=token_weights, credit_mask=credit_mask)
-    terms = TokenTerms(RLSDTokenLoss(options), tok)
+    token_loss = RLSDTokenLoss(options)
     loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLossParams(
-        backend, targets, 1.0 / temperature, teacher_hidden, rows, terms,
+        backend, targets, 1.0 / temperature, teacher_hidden, rows, TokenTerms(token_loss, tok),
         options.needs_entropy_grad or compute_entropy))
     if stats.teacher_logprobs is not None:
         tok = tok.replace(teacher_logprobs=stats.teacher_logprobs)
-    return loss, rlsd_metrics(options, stats.lp, stats.ent, tok)
+    return loss, token_loss.metrics(stats.lp, stats.ent, tok)
 
 
 def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_logprobs=None, form="sampled",
@@ -173,28 +165,23 @@ def opsd_loss(hidden, weight, targets, mask, *, teacher_hidden=None, teacher_log
     return loss, metrics
 
 
-class FusedLinearRLSDLoss(torch.nn.Module):
-    """Module form of :func:`rlsd_loss`: options at construction (checked there, as one
-    :class:`~rlsd_kernels.options.RLSDOptions`: its fields or ``options=``), tensors at call.
+class FusedLinearRLSDLoss(LamSchedulable, torch.nn.Module):
+    """Module form of :func:`rlsd_loss`: the options at construction (one
+    :class:`~rlsd_kernels.RLSDOptions`, ``options=``), tensors at call.
 
-    ``lam`` is a plain attribute, so a schedule can set ``module.lam`` between steps (checked at
-    the next call).
+    ``lam`` is a property: a schedule sets ``module.lam`` between steps; the value is checked there
+    and replaces ``module.options``.
     """
 
-    def __init__(self, *, temperature=1.0, compute_entropy=False, loss_agg="token-mean", impl="auto",
-                 memory_budget=None, options=None, **fields):
+    def __init__(self, *, options=None, temperature=1.0, compute_entropy=False, loss_agg="token-mean", impl="auto",
+                 memory_budget=None):
         super().__init__()
-        unknown = sorted(set(fields) - set(FIELDS))
-        if unknown:
-            raise TypeError(f"FusedLinearRLSDLoss got unexpected options {unknown}; RLSDOptions has {list(FIELDS)}")
-        self.options = _options(options, {**{k: getattr(_D, k) for k in FIELDS}, **fields})
-        self.lam = self.options.lam
+        self.options = _options(options)
         self.call_options = dict(temperature=temperature, compute_entropy=compute_entropy, loss_agg=loss_agg,
                                  impl=impl, memory_budget=memory_budget)
 
     def forward(self, hidden, weight, targets, advantages, mask, bias=None, **tensors):
         """``tensors``: teacher_hidden, teacher_logprobs, old_logprobs, ref_logprobs, token_weights,
         credit_mask, normalizer."""
-        self.options = self.options.with_lam(self.lam)
         return rlsd_loss(hidden, weight, targets, advantages, mask, bias=bias, **tensors, options=self.options,
                          **self.call_options)

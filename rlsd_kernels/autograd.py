@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .ops.base import Grads, HeadBackend, Stats
+from .ops.base import Grads, HeadBackend, HeadCall, Stats
 from .tokens import Rows, TokenTerms
 
 Tensor = torch.Tensor
@@ -84,9 +84,10 @@ class SampledTokenLossFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, params: SampledLossParams):
         rows = params.rows
-        res = params.backend.loss_and_grad(rows.take(hidden), weight, bias, rows.take(params.targets.long()),
-                                           params.inv_tau, params.compute_entropy, rows.take(params.teacher_hidden),
-                                           params.terms, params.need_grad, params.need_weight_grad)
+        call = HeadCall(rows.take(hidden), weight, bias, rows.take(params.targets.long()), params.inv_tau,
+                        rows.take(params.teacher_hidden), params.compute_entropy, params.need_grad,
+                        params.need_weight_grad)
+        res = params.backend.loss_and_grad(call, params.terms)
         _save_grads(ctx, res.grads, hidden, weight, bias, rows)
         ctx.mark_non_differentiable(*[t for t in res.stats if t is not None])
         return (res.loss_t.sum(), *res.stats)
@@ -102,9 +103,9 @@ class JSDLossFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, params: JSDParams):
         rows = params.rows
-        res = params.backend.jsd_loss_and_grad(rows.take(hidden), weight, bias, rows.take(params.teacher_hidden),
-                                               params.inv_tau, params.beta, params.weights, params.need_grad,
-                                               params.need_weight_grad)
+        call = HeadCall(rows.take(hidden), weight, bias, None, params.inv_tau, rows.take(params.teacher_hidden),
+                        need_grad=params.need_grad, need_weight_grad=params.need_weight_grad)
+        res = params.backend.jsd_loss_and_grad(call, params.beta, params.weights)
         _save_grads(ctx, res.grads, hidden, weight, bias, rows)
         ctx.mark_non_differentiable(res.jsd)
         return (params.weights * res.jsd).sum(), res.jsd
@@ -130,7 +131,7 @@ class LinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, inv_tau, compute_entropy, backend: HeadBackend):
-        stats = backend.stats(hidden, weight, bias, targets, inv_tau, compute_entropy)
+        stats = backend.stats(HeadCall(hidden, weight, bias, targets, inv_tau, compute_entropy=compute_entropy))
         ctx.save_for_backward(hidden, weight, bias, targets, stats.lse, stats.ent)
         ctx.inv_tau, ctx.backend = inv_tau, backend
         return stats.lp, stats.lp.new_empty(0) if stats.ent is None else stats.ent
@@ -141,7 +142,8 @@ class LinearLogprobs(torch.autograd.Function):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
         g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.to(lse.dtype).contiguous()
         g_ent = None if (ent is None or g_ent is None) else g_ent.to(lse.dtype).contiguous()
-        dh, dW, db = ctx.backend.backward(hidden, weight, bias, targets, ctx.inv_tau, Stats(None, lse, ent, None),
-                                          g_lp, g_ent, ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        call = HeadCall(hidden, weight, bias, targets, ctx.inv_tau, need_grad=True,
+                        need_weight_grad=ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        dh, dW, db = ctx.backend.backward(call, Stats(None, lse, ent, None), g_lp, g_ent)
         cast = lambda g, like: None if (g is None or like is None) else g.to(like.dtype)  # noqa: E731
         return cast(dh, hidden), cast(dW, weight), cast(db, bias), None, None, None, None

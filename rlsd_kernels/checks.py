@@ -12,8 +12,7 @@ import numbers
 
 import torch
 
-from .math import LOSS_AGGS
-from .ops.base import compute_dtype
+from .math import LOSS_AGGS, compute_dtype
 
 
 def _value_check(ok: torch.Tensor, message: str):

@@ -1,10 +1,12 @@
 """Per-token loss math, written once.
 
-Everything here acts on small per-token tensors (lp, entropy, advantages, ...), never on logits.
-The eager reference and every fused backend call these same functions: a backend only has to
-produce the student's target log-prob ``lp`` and entropy ``ent`` per token (and the teacher's
-``teacher_logprobs``); the per-token gradient coefficients dL/dlp and dL/dent are taken by autograd
-through these functions on [n]-sized tensors.
+Everything here acts on small per-token tensors (lp, entropy, advantages, ...), never on logits,
+and takes plain scalars: this is the bottom layer of the package (it imports nothing from it).
+The token losses of :mod:`rlsd_kernels.tokens` compose these functions; the eager reference and
+every fused backend call those same token losses: a backend only has to produce the student's
+target log-prob ``lp`` and entropy ``ent`` per token (and the teacher's ``teacher_logprobs``); the
+per-token gradient coefficients dL/dlp and dL/dent are taken by autograd through these functions
+on [n]-sized tensors.
 
 Conventions: ``loss = sum_t agg_t * l_t`` where ``agg_t`` (see :func:`aggregation_weights`)
 carries the mask and the aggregation's normaliser, so per-token contributions can be summed chunk
@@ -13,17 +15,16 @@ by chunk.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-
-if TYPE_CHECKING:
-    from .options import RLSDOptions
-    from .tokens import TokenInputs
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3")
 LOG_RATIO_CLAMP = 20.0  # |lp - lp_old| beyond this is clamped before exp, as in veRL
+
+
+def compute_dtype(t) -> torch.dtype:
+    """Statistics and gradients are float32, float64 for float64 inputs."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None, dtype=torch.float32) -> torch.Tensor:
@@ -110,69 +111,10 @@ def kl_penalty(lp, lp_ref, kl_type: str):
     raise ValueError(f"kl_type must be one of {KL_TYPES}, got {kl_type!r}")
 
 
-def rlsd_token_loss(options: "RLSDOptions", lp, ent, tok: "TokenInputs"):
-    """Aggregated per-token loss ``agg_t * w_t * (surrogate_t + kl_coef KL_t - entropy_coef H_t)``.
-
-    ``lp`` (and ``ent`` if the entropy term is on) carry the gradient; ``tok`` holds the detached
-    per-token inputs (``agg``, ``adv`` and the optional ones).
-    """
-    adv = tok.adv
-    if options.needs_teacher:
-        adv, _ = rlsd_credit(tok.teacher_logprobs - lp.detach(), adv, options.lam, options.eps_w,
-                             options.negative_only, tok.credit_mask)
-    lp_old = tok.old_logprobs
-    loss = clipped_surrogate(lp, lp.detach() if lp_old is None else lp_old, adv,
-                             options.eps_low, options.eps_high, options.dual_clip)
-    if options.kl_coef != 0.0:
-        loss = loss + options.kl_coef * kl_penalty(lp, tok.ref_logprobs, options.kl_type)
-    if options.needs_entropy_grad:
-        loss = loss - options.entropy_coef * ent
-    if tok.token_weights is not None:
-        loss = loss * tok.token_weights
-    return tok.agg * loss
-
-
 def masked_mean(x, valid):
     """Mean of x over the positions where ``valid`` is true (0 if there are none)."""
     x = torch.where(valid, x, torch.zeros_like(x))
     return x.sum() / valid.sum().clamp(min=1)
-
-
-@torch.no_grad()
-def rlsd_metrics(options: "RLSDOptions", lp, ent, tok: "TokenInputs") -> dict:
-    """Detached scalar diagnostics over valid tokens (``tok.valid``); no host sync."""
-    valid, adv = tok.valid, tok.adv
-    out = {}
-    if tok.teacher_logprobs is not None:
-        delta = tok.teacher_logprobs - lp
-        out["delta_mean"] = masked_mean(delta, valid)
-        out["delta_abs_mean"] = masked_mean(delta.abs(), valid)
-        out["delta_std"] = (masked_mean(delta * delta, valid) - out["delta_mean"] ** 2).clamp(min=0).sqrt()
-        _, w = rlsd_credit(delta, adv, options.lam, options.eps_w)
-        credited = valid & (adv != 0)
-        low, high = w < 1.0 - options.eps_w, w > 1.0 + options.eps_w
-        out["credit_clip_low_frac"] = masked_mean(low.float(), credited)
-        out["credit_clip_high_frac"] = masked_mean(high.float(), credited)
-        out["credit_clip_frac"] = out["credit_clip_low_frac"] + out["credit_clip_high_frac"]
-    lp_old = lp if tok.old_logprobs is None else tok.old_logprobs
-    rho = torch.exp((lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    out["ppo_clip_low_frac"] = masked_mean(((rho < 1 - options.eps_low) & (adv < 0)).float(), valid)
-    out["ppo_clip_high_frac"] = masked_mean(((rho > 1 + options.eps_high) & (adv > 0)).float(), valid)
-    out["ppo_clip_frac"] = out["ppo_clip_low_frac"] + out["ppo_clip_high_frac"]
-    out["approx_kl"] = masked_mean(rho - 1.0 - torch.log(rho), valid)  # k3 of KL(pi_old || pi)
-    if ent is not None:
-        out["entropy_mean"] = masked_mean(ent, valid)
-    if tok.ref_logprobs is not None:
-        out["ref_kl"] = masked_mean(kl_penalty(lp, tok.ref_logprobs, options.kl_type), valid)
-    return out
-
-
-def opsd_sampled_token_loss(lp, tok: "TokenInputs"):
-    """OPSD, sampled-token form: ``l_t = -stopgrad(teacher_logprobs - lp) * lp`` (aggregated)."""
-    loss = -(tok.teacher_logprobs - lp.detach()) * lp
-    if tok.token_weights is not None:
-        loss = loss * tok.token_weights
-    return tok.agg * loss
 
 
 def generalized_jsd(student_logits, teacher_logits, beta: float):

@@ -1,8 +1,10 @@
 """The scalar options of the RLSD loss, with every default and every rule written once.
 
 :class:`RLSDOptions` is frozen and checks itself at construction: a bad field raises a
-``ValueError`` / ``TypeError`` naming it. ``rlsd_loss`` builds one per call from its keywords (or
-takes ``options=``); ``FusedLinearRLSDLoss``, the adapters and the trainer's config build it too.
+``ValueError`` / ``TypeError`` naming it. It is the one way options reach the loss:
+``rlsd_loss(..., options=RLSDOptions(...))``, ``FusedLinearRLSDLoss(options=...)``; the adapters
+and the trainer's config build one from their own settings. :class:`LamSchedulable` gives a holder
+of one a ``lam`` that a schedule may set.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class RLSDOptions:
 
     def with_lam(self, lam) -> "RLSDOptions":
         """These options with ``lam`` (a schedule's value, checked here), or themselves if unchanged."""
+        lam = RULES["lam"](lam, "lam")
         return self if lam == self.lam else self.replace(lam=lam)
 
     @property
@@ -89,3 +92,19 @@ class RLSDOptions:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RLSDOptions))
+
+
+class LamSchedulable:
+    """A holder of one :class:`RLSDOptions` (``self.options``) whose ``lam`` a schedule may set
+    between steps: the setter checks the value and replaces the options (``with_lam``), so the
+    options are the only copy and nothing is re-synced at call time."""
+
+    options: RLSDOptions
+
+    @property
+    def lam(self) -> float:
+        return self.options.lam
+
+    @lam.setter
+    def lam(self, value):
+        self.options = self.options.with_lam(value)

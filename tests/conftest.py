@@ -10,6 +10,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 from inputs import FUSED_IMPLS, SMALL_CHUNK_BYTES  # noqa: E402
 from rlsd_kernels.ops import get_backend  # noqa: E402
@@ -30,3 +31,13 @@ def small_chunks():
 @pytest.fixture(autouse=True)
 def seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one process (VocabParallel at world size 1)."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()

@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 import torch
 import truth
 
-from rlsd_kernels import available_impls, fused_linear_logprobs, opsd_loss, reference, rlsd_loss
+from rlsd_kernels import RLSDOptions, available_impls, fused_linear_logprobs, opsd_loss, reference, rlsd_loss
 from rlsd_kernels.ops.triton import interpreted
+from rlsd_kernels.options import FIELDS
 
 # Fused impls that take these tests' CPU tensors: the Triton ones only under the interpreter (on a
 # CUDA machine, TRITON_INTERPRET unset or 0, they are tested on the GPU by tests/test_gpu.py).
@@ -42,9 +43,10 @@ class Case:
 
 
 def make_case(B=3, T=47, H=31, V=123, dtype=torch.float32, bias=True, teacher="hidden", per_token_adv=False,
-              old=True, mask_p=0.2, masked_row=1):
+              old=True, mask_p=0.2, masked_row=1, temperature=1.0):
     """Logits of realistic spread (std ~3), a teacher that differs from the student, some tokens
-    and (``masked_row``) one whole sequence masked out."""
+    and (``masked_row``) one whole sequence masked out; old log-probs near the student's at
+    ``temperature`` (the one the case is run at, so the PPO ratios stay near 1)."""
     hidden = torch.randn(B, T, H)
     weight = torch.randn(V, H) * (3.0 / H ** 0.5)
     b = torch.randn(V) * 0.5 if bias else None
@@ -60,7 +62,8 @@ def make_case(B=3, T=47, H=31, V=123, dtype=torch.float32, bias=True, teacher="h
         extra["teacher_logprobs"] = -torch.rand(B, T) * 5
     if old:
         with torch.no_grad():
-            extra["old_logprobs"] = (torch.log_softmax(hidden @ weight.T / 1.0, -1).gather(
+            logits = hidden @ weight.T + (0.0 if b is None else b)
+            extra["old_logprobs"] = (torch.log_softmax(logits / temperature, -1).gather(
                 -1, targets[..., None])[..., 0] + 0.1 * torch.randn(B, T)).clamp(max=0.0)  # log-probs are <= 0
     return Case(hidden, weight, b, targets, adv, mask, extra).cast(dtype)
 
@@ -84,8 +87,18 @@ def acting_case(B=4, T=12, H=16, V=40, dtype=torch.float32):
     return Case(hidden, weight, b, targets, adv, mask, extra).cast(dtype)
 
 
+def with_options(kwargs: dict) -> dict:
+    """``kwargs`` with RLSDOptions' fields among them gathered into one ``options=`` (the library's
+    one way to pass them; tests/truth.py takes them as keywords)."""
+    fields = {k: v for k, v in kwargs.items() if k in FIELDS}
+    if not fields:
+        return kwargs
+    return {**{k: v for k, v in kwargs.items() if k not in FIELDS}, "options": RLSDOptions(**fields)}
+
+
 def run(case: Case, fn=rlsd_loss, **kwargs):
-    """Loss, metrics and gradients of the leaves."""
+    """Loss, metrics and gradients of the leaves (option fields as keywords, see ``with_options``)."""
+    kwargs = with_options(kwargs) if fn is rlsd_loss else kwargs
     for t in case.leaves():
         t.grad = None
     loss, metrics = fn(case.hidden, case.weight, case.targets, case.advantages, case.mask,
@@ -133,6 +146,8 @@ def call(case: Case, api: str, impl: str, **kwargs) -> Result:
         fn = getattr(truth if impl == "truth" else reference, NAMES[api])
     else:
         fn, kwargs = PUBLIC[api], dict(kwargs, impl=impl)
+    if api == "rlsd" and impl != "truth":
+        kwargs = with_options(kwargs)
     if api == "rlsd":
         loss, metrics = fn(case.hidden, case.weight, case.targets, case.advantages, case.mask, bias=case.bias,
                            **case.extra, **kwargs)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from inputs import make_case
+from inputs import make_case, with_options
 
 from rlsd_kernels import fused_linear_logprobs, opsd_loss, rlsd_loss
 
@@ -12,6 +12,7 @@ def call(case, **overrides):
                 mask=case.mask, bias=case.bias, **case.extra)
     args.update(overrides)
     args.setdefault("impl", "chunked")
+    args = with_options(args)
     return rlsd_loss(args.pop("hidden"), args.pop("weight"), args.pop("targets"), args.pop("advantages"),
                      args.pop("mask"), **args)
 

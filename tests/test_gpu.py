@@ -40,8 +40,8 @@ def test_rlsd_loss_every_option(impl, dtype, option):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [dict(B=3, T=47, H=31, V=123), dict(B=4, T=256, H=256, V=4096)])
 def test_rlsd_loss_shapes(impl, dtype, shape):
-    assert_close_to_truth(make_case(**shape), impl, dtype, device=CUDA, tol=GPU_TOL, temperature=0.7,
-                          compute_entropy=True)
+    assert_close_to_truth(make_case(**shape, temperature=0.7), impl, dtype, device=CUDA, tol=GPU_TOL,
+                          temperature=0.7, compute_entropy=True)
 
 
 @pytest.mark.parametrize("impl", GPU_IMPLS)

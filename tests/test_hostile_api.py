@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-from inputs import FUSED_IMPLS, make_case, max_rel_err
+from inputs import FUSED_IMPLS, make_case, max_rel_err, with_options
 
-from rlsd_kernels import FusedLinearRLSDLoss, VocabParallel, fused_linear_logprobs, opsd_loss, rlsd_loss
+from rlsd_kernels import (FusedLinearRLSDLoss, RLSDOptions, VocabParallel, fused_linear_logprobs, opsd_loss,
+                          rlsd_loss)
 
 IMPLS = ["eager"] + FUSED_IMPLS  # those that take CPU tensors here
 FAST = [i for i in IMPLS if not i.startswith("triton")]  # Triton runs in its (slow) interpreter here
@@ -31,7 +32,8 @@ def rlsd_args(case, **overrides):
 
 
 def call_rlsd(args):
-    args = dict(args)
+    """rlsd_loss on ``args`` (RLSDOptions' fields among them gathered into ``options=``)."""
+    args = with_options(args)
     pos = [args.pop(k) for k in ("hidden", "weight", "targets", "advantages", "mask")]
     return rlsd_loss(*pos, **args)
 
@@ -364,7 +366,7 @@ def test_fused_linear_logprobs_rejects_shapes():
 
 def test_module_form_checks_at_call_and_follows_lam():
     case = small(dtype=torch.float64)
-    module = FusedLinearRLSDLoss(impl="chunked", eps_w=0.3)
+    module = FusedLinearRLSDLoss(impl="chunked", options=RLSDOptions(eps_w=0.3))
     args = rlsd_args(case)
     args.pop("impl")
     pos = [args.pop(k) for k in ("hidden", "weight", "targets", "advantages", "mask")]
@@ -372,14 +374,15 @@ def test_module_form_checks_at_call_and_follows_lam():
     assert max_rel_err(got, call_rlsd(rlsd_args(case, eps_w=0.3))[0]) < 1e-14
     module.lam = 0.0
     assert max_rel_err(module(*pos, **args)[0], call_rlsd(rlsd_args(case, eps_w=0.3, lam=0.0))[0]) < 1e-14
-    module.lam = 2.0
     with pytest.raises(ValueError, match="lam"):
-        module(*pos, **args)
+        module.lam = 2.0  # checked where it is set; the options stay valid
+    assert module.options == RLSDOptions(eps_w=0.3, lam=0.0)
     module.lam = 1.0
     with pytest.raises(ValueError, match="targets"):
         module(pos[0], pos[1], poisoned(pos[2], 99), *pos[3:], **args)
-    with pytest.raises(TypeError):
-        FusedLinearRLSDLoss(impl="chunked", unknown_option=1)
+    for bad in (dict(unknown_option=1), dict(eps_w=0.3), dict(options={"eps_w": 0.3})):
+        with pytest.raises(TypeError):
+            FusedLinearRLSDLoss(impl="chunked", **bad)
     with pytest.raises(ValueError, match="impl"):
         FusedLinearRLSDLoss(impl="nope")(*pos, **args)
 
@@ -632,15 +635,6 @@ def test_float64_logprobs_and_jsd(impl):
 # VocabParallel: its argument checks, in one process (world size 1 equals the plain chunk loop)
 # ----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def one_process_group():
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
-
-
 def test_vocab_parallel_without_a_group_says_so():
     if dist.is_initialized():
         pytest.skip("a process group is already initialised")
@@ -709,9 +703,10 @@ LOGPROB_ARGS = {
 
 def _module_call(case, **overrides):
     args = rlsd_args(case, **overrides)
-    options = {k: args.pop(k) for k in ("impl", "kl_coef") if k in args}
+    args = with_options(args)
+    module_args = {k: args.pop(k) for k in ("impl", "options") if k in args}
     pos = [args.pop(k) for k in ("hidden", "weight", "targets", "advantages", "mask")]
-    return FusedLinearRLSDLoss(**options)(*pos, **args)
+    return FusedLinearRLSDLoss(**module_args)(*pos, **args)
 
 
 @pytest.mark.parametrize("name", sorted(LOGPROB_ARGS))

@@ -30,7 +30,7 @@ def test_out_dtype_gemms_are_probed_not_assumed():
 @pytest.mark.parametrize("impl", CHUNK_LOOPS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_bf16_plan_error_is_that_of_bf16_pytorch(low_precision_on_cpu, impl, temperature):
-    case = make_case().cast(torch.bfloat16)
+    case = make_case(temperature=temperature).cast(torch.bfloat16)
     assert_close_to_truth(case, impl, torch.bfloat16, temperature=temperature, lam=1.0, compute_entropy=True)
 
 

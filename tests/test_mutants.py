@@ -25,16 +25,26 @@ def _spread(case, lo, hi):
     return torch.linspace(lo, hi, n, dtype=torch.float64)[torch.randperm(n)].view(case.mask.shape)
 
 
+def _unlikely_targets(case):
+    """The case with a head scaled x8 and, as targets, each token's least likely one: log-probs
+    below -30, so old / ref log-probs up to 30 above them are still log-probs (<= 0)."""
+    weight = case.weight.detach() * 8.0
+    case.targets = (case.hidden.detach() @ weight.T + case.bias.detach()).argmin(-1)
+    case.weight = weight.requires_grad_()
+    assert _lp(case).max() < -30.0
+    return case
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("side", [-1.0, 1.0])
 def test_log_ratios_beyond_the_clamp(impl, side):
     """lp - lp_old and lp_ref - lp spread over [15, 30] on one side of 0, past the +-20 clamp before
     exp on about two thirds of the tokens (clamped tokens carry no gradient); k3 is past its own
-    clamp at 10 there."""
-    case = acting_case(dtype=torch.float64)
+    clamp at 10 there. Targets the student finds very unlikely leave room above lp on both sides."""
+    case = _unlikely_targets(acting_case(dtype=torch.float64))
     lp = _lp(case)
-    case.extra["old_logprobs"] = (lp - side * _spread(case, 15.0, 30.0)).clamp(max=0.0)  # log-probs are <= 0
-    case.extra["ref_logprobs"] = (lp + side * _spread(case, 15.0, 30.0)).clamp(max=0.0)
+    case.extra["old_logprobs"] = lp - side * _spread(case, 15.0, 30.0)
+    case.extra["ref_logprobs"] = lp + side * _spread(case, 15.0, 30.0)
     for kl_type in ("k1", "k2", "k3"):
         assert_close_to_truth(case, impl, torch.float64, kl_coef=0.1, kl_type=kl_type, lam=0.0)
     assert_close_to_truth(case, impl, torch.float64, dual_clip=3.0)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from inputs import (FUSED_IMPLS, OPTION_DTYPES, acting_case, assert_close_to_truth, assert_differs, call, make_case,
                     max_rel_err, run)
 
-from rlsd_kernels import rlsd_loss
+from rlsd_kernels import RLSDOptions, rlsd_loss
 
 IMPLS = ["reference", "eager"] + FUSED_IMPLS  # "reference": math.py on materialised logits
 
@@ -19,7 +19,7 @@ IMPLS = ["reference", "eager"] + FUSED_IMPLS  # "reference": math.py on material
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3])
 def test_matches_truth(impl, dtype, bias, temperature):
-    case = make_case(bias=bias)
+    case = make_case(bias=bias, temperature=temperature)
     assert_close_to_truth(case, impl, dtype, temperature=temperature, lam=1.0, compute_entropy=True)
 
 
@@ -128,7 +128,7 @@ def test_realistic_shape(impl):
     from rlsd_kernels.ops import get_backend
 
     get_backend(impl).chunk_bytes = 2 << 20  # ~128 rows per chunk at V=4096
-    case = make_case(B=4, T=256, H=256, V=4096, mask_p=0.1)
+    case = make_case(B=4, T=256, H=256, V=4096, mask_p=0.1, temperature=0.9)
     assert_close_to_truth(case, impl, torch.float32, temperature=0.9, compute_entropy=True)
 
 
@@ -137,7 +137,7 @@ def test_realistic_shape(impl):
        bias=st.booleans(), lam=st.sampled_from([0.0, 0.5, 1.0]), temperature=st.floats(0.3, 2.0),
        agg=st.sampled_from(["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]))
 def test_hypothesis_shapes(B, T, H, V, bias, lam, temperature, agg):
-    case = make_case(B=B, T=T, H=H, V=V, bias=bias, masked_row=None, mask_p=0.3)
+    case = make_case(B=B, T=T, H=H, V=V, bias=bias, masked_row=None, mask_p=0.3, temperature=temperature)
     for impl in ["reference"] + [i for i in FUSED_IMPLS if i != "triton"]:
         assert_close_to_truth(case, impl, torch.float64, lam=lam, temperature=temperature, loss_agg=agg)
 
@@ -217,12 +217,13 @@ def test_normalizer_makes_accumulation_equal_one_batch(impl, agg):
 def test_gradcheck(impl):
     """Finite differences see through stop-gradients, so the credit (lam) is off here; the
     surrogate, KL and entropy terms are all differentiated exactly."""
-    case = make_case(B=2, T=3, H=4, V=7, dtype=torch.float64, mask_p=0.0, masked_row=None, teacher=None)
+    case = make_case(B=2, T=3, H=4, V=7, dtype=torch.float64, mask_p=0.0, masked_row=None, teacher=None,
+                     temperature=0.7)
     case.extra["ref_logprobs"] = case.extra["old_logprobs"] - 0.2
 
     def f(h, w, b):
         return rlsd_loss(h, w, case.targets, case.advantages, case.mask, bias=b, impl=impl, temperature=0.7,
-                         lam=0.0, entropy_coef=0.1, kl_coef=0.2, **case.extra)[0]
+                         options=RLSDOptions(lam=0.0, entropy_coef=0.1, kl_coef=0.2), **case.extra)[0]
 
     assert torch.autograd.gradcheck(f, (case.hidden, case.weight, case.bias))
 
@@ -254,8 +255,8 @@ def test_no_tokens_by_vocab_tensor_is_allocated(impl):
 def test_module_form_matches_function_and_follows_lam():
     from rlsd_kernels import FusedLinearRLSDLoss
 
-    case = make_case(dtype=torch.float64)
-    module = FusedLinearRLSDLoss(temperature=0.7, lam=1.0, impl="chunked")
+    case = make_case(dtype=torch.float64, temperature=0.7)
+    module = FusedLinearRLSDLoss(temperature=0.7, options=RLSDOptions(lam=1.0), impl="chunked")
     loss, _ = module(case.hidden, case.weight, case.targets, case.advantages, case.mask, bias=case.bias, **case.extra)
     torch.testing.assert_close(loss, run(case, impl="chunked", temperature=0.7)[0])
     module.lam = 0.0

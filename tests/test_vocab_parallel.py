@@ -9,10 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from inputs import make_case, max_rel_err, run
 
-from rlsd_kernels import VocabParallel, fused_linear_logprobs, rlsd_loss
+from rlsd_kernels import RLSDOptions, VocabParallel, fused_linear_logprobs, rlsd_loss
 
 SPLIT = 50  # rank 0 holds vocabulary rows [0, 50), rank 1 [50, 123): unequal shards on purpose
-OPTIONS = dict(temperature=0.7, entropy_coef=0.01, lam=0.5)
+OPTIONS = dict(temperature=0.7, options=RLSDOptions(entropy_coef=0.01, lam=0.5))
 
 
 def _free_port():
@@ -43,7 +43,7 @@ def _worker(rank, port, case, results):
 
 
 def test_two_ranks_equal_one():
-    case = make_case()
+    case = make_case(temperature=OPTIONS["temperature"])
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(_free_port(), case, results), nprocs=2, join=True)

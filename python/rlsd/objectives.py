@@ -14,8 +14,6 @@ full-vocabulary JSD form excepted).
 
 from __future__ import annotations
 
-import dataclasses
-
 from rlsd_kernels import opsd_loss, rlsd_loss
 from rlsd_kernels.options import FIELDS, RLSDOptions
 
@@ -46,7 +44,7 @@ def algorithm_loss(algo: AlgoConfig, lam: float, hidden, weight, targets, mask, 
             lam if algo.name == "rlsd" else 0.0)
         loss, metrics = rlsd_loss(
             hidden, weight, targets, advantages, mask, **rl_teacher, old_logprobs=old_logprobs,
-            ref_logprobs=ref_logprobs, **dataclasses.asdict(options),
+            ref_logprobs=ref_logprobs, options=options,
             credit_mask=credit_mask if algo.name == "rlsd" else None, compute_entropy=True, **common)
         metrics = dict(metrics)
     if algo.name in ("opsd", "grpo+opsd"):

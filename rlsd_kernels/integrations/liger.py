@@ -44,9 +44,8 @@ from __future__ import annotations
 import torch
 
 from ..api import fused_linear_logprobs, rlsd_loss
-from ..options import RLSDOptions
+from ..options import LamSchedulable, RLSDOptions
 from .loss_types import LOSS_TYPES
-
 
 
 def dapo_normalizer(attention_mask, num_items_in_batch=None):
@@ -63,14 +62,14 @@ def dapo_normalizer(attention_mask, num_items_in_batch=None):
     return (n / world).clamp(min=1.0)
 
 
-class FusedLinearRLSDLigerLoss(torch.nn.Module):
+class FusedLinearRLSDLigerLoss(LamSchedulable, torch.nn.Module):
     """``LigerFusedLinearGRPOLoss``'s interface over :func:`rlsd_kernels.rlsd_loss` (see the module
     docstring for the formulas and what differs).
 
-    Beyond Liger's arguments: ``lam`` (RLSD mix, 0 = GRPO; a plain attribute, so a schedule can set
-    it between steps), ``eps_w`` (credit clip), ``negative_only`` (reweight only A < 0) and ``impl``
-    (backend of ``rlsd_loss``). The loss options are held as one ``RLSDOptions`` (``options``),
-    checked at construction.
+    Beyond Liger's arguments: ``lam`` (RLSD mix, 0 = GRPO; a property, so a schedule can set it
+    between steps), ``eps_w`` (credit clip), ``negative_only`` (reweight only A < 0) and ``impl``
+    (backend of ``rlsd_loss``). The loss options are built once, at construction, as one
+    ``RLSDOptions`` (``options``) from these and Liger's PPO settings.
     """
 
     def __init__(self, beta: float = 0.04, compiled: bool = True, use_ref_model: bool = True, chunk_size: int = 1,
@@ -94,15 +93,11 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
         self.epsilon_low, self.epsilon_high, self.loss_type = epsilon_low, epsilon_high, loss_type
         self.max_completion_length, self.importance_sampling_level = max_completion_length, importance_sampling_level
         self.temperature, self.delta, self.use_bias_correction_kl = temperature, delta, use_bias_correction_kl
-        self.lam, self.impl = lam, impl
-        self.options = RLSDOptions(eps_w=eps_w, negative_only=negative_only, kl_type="k3")
-        self.options = self._loss_options()
+        self.impl = impl
+        self.options = RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only, eps_low=epsilon_low,
+                                   eps_high=epsilon_high, dual_clip=delta,
+                                   kl_coef=beta if self._kl_active() else 0.0, kl_type="k3")
         self.last_metrics = {}
-
-    def _loss_options(self) -> RLSDOptions:
-        """The RLSD options with the current lam and Liger's PPO settings (one per call)."""
-        return self.options.replace(lam=self.lam, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
-                                    dual_clip=self.delta, kl_coef=self.beta if self._kl_active() else 0.0)
 
     def _kl_active(self):
         return self.beta != 0.0 and self.use_ref_model
@@ -148,7 +143,6 @@ class FusedLinearRLSDLigerLoss(torch.nn.Module):
             vllm_is_ratio = (vllm_is_ratio.unsqueeze(-1) if vllm_is_ratio.dim() == 1 else vllm_is_ratio)
             vllm_is_ratio = vllm_is_ratio.expand(selected_token_ids.shape)
         teacher_hidden = teacher_input
-        self.options = self._loss_options()
         if self.options.needs_teacher and teacher_logprobs is None and teacher_weight is not None:
             teacher_logprobs = self._logprobs(teacher_input, teacher_weight, teacher_bias, selected_token_ids)
             teacher_hidden = None

@@ -51,7 +51,7 @@ from trl.trainer.utils import pad
 
 from ..api import rlsd_loss
 from ..privileged import PRIVILEGED_TEMPLATE
-from ..options import RLSDOptions
+from ..options import LamSchedulable, RLSDOptions
 from .loss_types import LOSS_TYPES
 
 
@@ -85,12 +85,12 @@ def teacher_prompt(prompt, reference, template: str = PRIVILEGED_TEMPLATE):
     return [*head, {**last, "content": template.format(prompt=last["content"], reference=reference)}]
 
 
-class RLSDTrainer(GRPOTrainer):
+class RLSDTrainer(LamSchedulable, GRPOTrainer):
     """GRPOTrainer with the RLSD loss (see the module docstring).
 
     Extra arguments: ``privileged_column`` (dataset column with the privileged context),
     ``teacher_template`` (``{prompt}`` and ``{reference}`` placeholders), ``lam`` (0 = GRPO; a
-    plain attribute, so a callback can schedule it), ``eps_w`` (credit clip), ``negative_only``
+    property, so a callback can schedule it), ``eps_w`` (credit clip), ``negative_only``
     (reweight only A < 0) and ``impl`` (backend of ``rlsd_loss``). Everything else is GRPOTrainer's.
     """
 
@@ -99,16 +99,18 @@ class RLSDTrainer(GRPOTrainer):
                  negative_only: bool = RLSDOptions.negative_only, impl="auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.privileged_column, self.teacher_template = privileged_column, teacher_template
-        self.lam, self.impl = lam, impl
+        self.impl = impl
         self._check_supported()
-        self.options = RLSDOptions(eps_w=eps_w, negative_only=negative_only, kl_type="k3")
-        self.options = self._loss_options()
+        self.options = self._with_trl_settings(RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only,
+                                                           kl_type="k3"))
         add_hidden_forward(self.model.get_base_model() if is_peft_model(self.model) else self.model)
 
-    def _loss_options(self) -> RLSDOptions:
-        """The RLSD options with the trainer's current lam and TRL's PPO settings (one per call)."""
-        return self.options.replace(lam=self.lam, eps_low=self.epsilon_low, eps_high=self.epsilon_high,
-                                    dual_clip=self.args.delta, kl_coef=self.beta)
+    def _with_trl_settings(self, options: RLSDOptions) -> RLSDOptions:
+        """``options`` with TRL's PPO settings, read where GRPOTrainer reads them (at each loss), so
+        a change to ``beta`` or ``epsilon_*`` acts as it does in TRL; ``lam`` and the RLSD fields
+        are the trainer's own ``options``."""
+        return options.replace(eps_low=self.epsilon_low, eps_high=self.epsilon_high, dual_clip=self.args.delta,
+                               kl_coef=self.beta)
 
     def _check_supported(self):
         args = self.args
@@ -171,9 +173,9 @@ class RLSDTrainer(GRPOTrainer):
         hidden = self._completion_hidden(model, inputs["prompt_ids"], inputs["prompt_mask"], completion_ids,
                                          completion_mask)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        self.options = self._loss_options()
+        options = self._with_trl_settings(self.options)
         teacher_hidden = None
-        if self.options.needs_teacher:
+        if options.needs_teacher:
             if "teacher_prompt_ids" not in inputs:
                 raise ValueError(f"lam != 0 needs the privileged context: the dataset has no "
                                  f"{self.privileged_column!r} column")
@@ -188,7 +190,7 @@ class RLSDTrainer(GRPOTrainer):
             hidden.to(head.weight.dtype), head.weight, completion_ids, inputs["advantages"], mask,
             teacher_hidden=teacher_hidden, bias=head.bias, old_logprobs=inputs.get("old_per_token_logps"),
             ref_logprobs=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, temperature=self.temperature,
-            options=self.options, token_weights=token_weights, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
+            options=options, token_weights=token_weights, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
             normalizer=self._normalizer(mask, inputs, mode), impl=self.impl)
         self._log_rlsd_metrics(metrics, mode)
         return loss

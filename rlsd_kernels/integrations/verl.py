@@ -49,7 +49,7 @@ import torch
 
 from ..api import fused_linear_logprobs
 from ..math import LOG_RATIO_CLAMP, clipped_surrogate, masked_mean, rlsd_credit
-from ..options import RLSDOptions
+from ..options import LamSchedulable, RLSDOptions
 
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
 
@@ -119,10 +119,10 @@ def verl_aggregation_weights(response_mask, loss_agg_mode, dp_size=1, batch_num_
     return m * dp_size / denom.clamp(min=1e-8)
 
 
-class RLSDPolicyLoss:
+class RLSDPolicyLoss(LamSchedulable):
     """veRL policy loss (see the module docstring): RLSD credit, then veRL's vanilla clipped surrogate.
 
-    ``lam`` (0 = veRL vanilla; a plain attribute, so a schedule can set it between steps), ``eps_w``
+    ``lam`` (0 = veRL vanilla; a property, so a schedule can set it between steps), ``eps_w``
     (credit clip) and ``negative_only`` (reweight only A < 0) are RLSD's options; the PPO options come
     from veRL's actor config (``clip_ratio``, ``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``,
     ``global_batch_info``).
@@ -131,7 +131,6 @@ class RLSDPolicyLoss:
     def __init__(self, lam: float = RLSDOptions.lam, eps_w: float = RLSDOptions.eps_w,
                  negative_only: bool = RLSDOptions.negative_only):
         self.options = RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only)
-        self.lam = lam
 
     def __call__(self, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
                  rollout_is_weights=None, *, teacher_log_prob=None, credit_mask=None):
@@ -150,7 +149,7 @@ class RLSDPolicyLoss:
         mask = response_mask.bool()
         metrics = {}
         adv = advantages
-        self.options = options = self.options.with_lam(self.lam)
+        options = self.options
         if options.needs_teacher:
             teacher = _TEACHER.get() if teacher_log_prob is None else teacher_log_prob
             if teacher is None:

@@ -34,9 +34,10 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..math import generalized_jsd
+from ..math import compute_dtype, generalized_jsd
+from ..tokens import TokenTerms
 from . import gemm
-from .base import Grads, HeadBackend, JSDAndGrad, LossAndGrad, Stats, compute_dtype, two_passes
+from .base import Grads, HeadBackend, HeadCall, JSDAndGrad, LossAndGrad, Stats, two_passes
 
 CPU_CHUNK_BYTES = 64 << 20    # one float32 buffer of logits: fits the CPU's caches well enough
 ALIGN = 128                   # chunk rows / vocabulary blocks come in multiples of this
@@ -106,41 +107,43 @@ class RowSweep:
     def __init__(self, head: "ChunkedHead"):
         self.head = head
 
-    def plan(self, h, W, b, buffer=True) -> _Plan:
-        return self.head._plan(h, W, b, self.gemm_in_input_dtype, buffer)
+    def plan(self, call: HeadCall, buffer=True) -> _Plan:
+        return self.head._plan(call.h, call.W, call.b, self.gemm_in_input_dtype, buffer)
 
-    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None) -> Stats:
-        return self.sweep(h, W, b, y, inv_tau, compute_entropy, teacher_hidden, None, False, False).stats
+    def stats(self, call: HeadCall) -> Stats:
+        return self.sweep(call.replace(need_grad=False), None).stats
 
-    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
-        head, plan = self.head, self.plan(h, W, b)
+    def backward(self, call: HeadCall, stats: Stats, g_lp, g_ent) -> Grads:
+        head, plan = self.head, self.plan(call)
         dlogits_ = head._epilogues(plan.cd).dlogits_
-        grads = head._new_grads(h, W, b, plan.cd, need_weight_grad)
-        for sl in head._rows(h, plan):
-            hc = head._operand(h, sl, plan)
+        grads = head._new_grads(call, plan.cd)
+        for sl in head._rows(call.h, plan):
+            hc = head._operand(call.h, sl, plan)
             z = head._logits(hc, plan, hc.shape[0])
-            dlogits_(z, y[sl], stats.lse[sl], g_lp[sl], None if g_ent is None else g_ent[sl],
-                     None if stats.ent is None else stats.ent[sl], inv_tau)
+            dlogits_(z, call.y[sl], stats.lse[sl], g_lp[sl], None if g_ent is None else g_ent[sl],
+                     None if stats.ent is None else stats.ent[sl], call.inv_tau)
             head._accumulate(z, hc, plan, sl, grads)
         return grads
 
-    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
-                      need_weight_grad=True) -> LossAndGrad:
-        return self.sweep(h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad, need_weight_grad)
+    def loss_and_grad(self, call: HeadCall, terms: TokenTerms) -> LossAndGrad:
+        if terms.needs_all_rows:
+            return two_passes(self, call, terms)
+        return self.sweep(call, terms)
 
-    def sweep(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
-              need_weight_grad) -> LossAndGrad:
+    def sweep(self, call: HeadCall, terms: Optional[TokenTerms]) -> LossAndGrad:
         """Per chunk: teacher then student logits (one buffer), stats, and with ``terms`` the
-        per-token loss, then (``need_grad``) dz, dh and dW."""
-        head, plan = self.head, self.plan(h, W, b)
+        per-token loss, then (``call.need_grad``) dz, dh and dW."""
+        head, plan = self.head, self.plan(call)
         epilogues = head._epilogues(plan.cd)
-        N = h.shape[0]
-        new = lambda: torch.empty(N, dtype=plan.cd, device=h.device)  # noqa: E731
+        h, y, teacher_hidden, inv_tau, compute_entropy = (call.h, call.y, call.teacher_hidden, call.inv_tau,
+                                                          call.compute_entropy)
+        need_grad = call.need_grad and terms is not None
+        new = lambda: torch.empty(call.rows, dtype=plan.cd, device=h.device)  # noqa: E731
         lp, lse = new(), new()
         ent = new() if compute_entropy else None
         lp_t = new() if teacher_hidden is not None else None
         loss_t = new() if terms is not None else None
-        grads = head._new_grads(h, W, b, plan.cd, need_weight_grad) if need_grad else None
+        grads = head._new_grads(call, plan.cd) if need_grad else None
         for sl in head._rows(h, plan):
             n = sl.stop - sl.start
             if teacher_hidden is not None:
@@ -167,21 +170,20 @@ class VocabSweep(RowSweep):
 
     gemm_in_input_dtype = True
 
-    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
-                      need_weight_grad=True) -> LossAndGrad:
-        return two_passes(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
-                          need_weight_grad)
+    def loss_and_grad(self, call: HeadCall, terms: TokenTerms) -> LossAndGrad:
+        return two_passes(self, call, terms)
 
-    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
+    def backward(self, call: HeadCall, stats: Stats, g_lp, g_ent) -> Grads:
         """dW comes back in W's dtype (each block written once), dh and db in float32."""
-        plan = self.plan(h, W, b, buffer=False)
+        h, W, y, inv_tau = call.h, call.W, call.y, call.inv_tau
+        plan = self.plan(call, buffer=False)
         N, V = h.shape[0], W.shape[0]
         w = min(V, aligned(plan.budget // max(1, N * (4 + W.element_size()))))
         z_buf = torch.empty(N * w, dtype=torch.float32, device=h.device)
         dz_buf = torch.empty(N * w, dtype=W.dtype, device=h.device)
         dh = torch.zeros(N, W.shape[1], dtype=torch.float32, device=h.device)
-        dW = torch.empty_like(W) if need_weight_grad else None
-        db = torch.empty(V, dtype=torch.float32, device=h.device) if (b is not None and need_weight_grad) else None
+        dW = torch.empty_like(W) if call.need_weight_grad else None
+        db = torch.empty(V, dtype=torch.float32, device=h.device) if (call.b is not None and dW is not None) else None
         dlogits_ = self.head._epilogues(torch.float32).dlogits_
         for v0 in range(0, V, w):
             v1 = min(v0 + w, V)
@@ -215,37 +217,35 @@ class ChunkedHead(HeadBackend):
         clone.chunk_bytes = int(budget_bytes)
         return clone
 
-    def algorithm(self, h) -> RowSweep:
-        """The algorithm of a call on ``h``: chosen here, once."""
-        return VocabSweep(self) if self.low_precision_gemms and gemm.low_precision(h) else RowSweep(self)
+    def algorithm(self, call: HeadCall) -> RowSweep:
+        """The algorithm of ``call``: chosen here, once."""
+        return VocabSweep(self) if self.low_precision_gemms and gemm.low_precision(call.h) else RowSweep(self)
 
     # -- the backend interface ------------------------------------------------------------------
-    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None) -> Stats:
-        return self.algorithm(h).stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden)
+    def stats(self, call: HeadCall) -> Stats:
+        return self.algorithm(call).stats(call)
 
-    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True) -> Grads:
-        return self.algorithm(h).backward(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad)
+    def backward(self, call: HeadCall, stats: Stats, g_lp, g_ent) -> Grads:
+        return self.algorithm(call).backward(call, stats, g_lp, g_ent)
 
-    def loss_and_grad(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms, need_grad,
-                      need_weight_grad=True) -> LossAndGrad:
-        return self.algorithm(h).loss_and_grad(h, W, b, y, inv_tau, compute_entropy, teacher_hidden, terms,
-                                               need_grad, need_weight_grad)
+    def loss_and_grad(self, call: HeadCall, terms: TokenTerms) -> LossAndGrad:
+        return self.algorithm(call).loss_and_grad(call, terms)
 
-    def jsd_loss_and_grad(self, h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad,
-                          need_weight_grad=True) -> JSDAndGrad:
+    def jsd_loss_and_grad(self, call: HeadCall, beta: float, weights) -> JSDAndGrad:
         """sum_t weights_t JSD_beta(p_T || p_S)_t and its gradient, chunk by chunk.
 
         The per-chunk gradient of :func:`generalized_jsd` with respect to the chunk's logits is taken
         by autograd on the [n, V] chunk (GEMMs in the compute dtype, one row sweep), then fed to the
         dh / dW GEMMs.
         """
+        h, inv_tau, need_grad = call.h, call.inv_tau, call.need_grad
         cd = compute_dtype(h)
-        plan = self._plan(h, W, b, False, buffer=False)
+        plan = self._plan(h, call.W, call.b, False, buffer=False)
         jsd = torch.empty(h.shape[0], dtype=cd, device=h.device)
-        grads = self._new_grads(h, W, b, cd, need_weight_grad) if need_grad else None
+        grads = self._new_grads(call, cd) if need_grad else None
         for sl in self._rows(h, plan):
             hc = h[sl].to(cd)
-            zt = F.linear(teacher_hidden[sl].to(cd), plan.W, plan.b)
+            zt = F.linear(call.teacher_hidden[sl].to(cd), plan.W, plan.b)
             z = F.linear(hc, plan.W, plan.b).requires_grad_(need_grad)
             with torch.enable_grad():
                 j = generalized_jsd(z * inv_tau, zt * inv_tau, beta)
@@ -286,9 +286,10 @@ class ChunkedHead(HeadBackend):
         return gemm.logits(hc, plan.W, plan.b, plan.z[:n])
 
     @staticmethod
-    def _new_grads(h, W, b, cd, need_weight_grad) -> Grads:
+    def _new_grads(call: HeadCall, cd) -> Grads:
         """dh, dW, db buffers; dW and db are written (not added to) by the first chunk, and rows of
         h that no chunk visits (N = 0) leave them zero."""
+        h, W, b, need_weight_grad = call.h, call.W, call.b, call.need_weight_grad
         dh = torch.empty(h.shape, dtype=cd, device=h.device)
         new = torch.zeros if h.shape[0] == 0 else torch.empty
         dW = new(W.shape, dtype=cd, device=h.device) if need_weight_grad else None

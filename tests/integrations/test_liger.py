@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("liger_kernel", reason="liger-kernel is not installed")
 from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # noqa: E402
 
-from rlsd_kernels import fused_linear_logprobs, rlsd_loss  # noqa: E402
+from rlsd_kernels import RLSDOptions, fused_linear_logprobs, rlsd_loss  # noqa: E402
 from rlsd_kernels.integrations.liger import FusedLinearRLSDLigerLoss  # noqa: E402
 
 B, T, H, V = 4, 9, 16, 37
@@ -89,7 +89,7 @@ def test_rlsd_teacher_arguments():
     th = d["x"] + 0.5 * torch.randn(B, T, H)
     module = FusedLinearRLSDLigerLoss(beta=0.0, use_ref_model=False, lam=0.7, eps_w=0.3)
     want, _ = rlsd_loss(d["x"], d["w"], d["ids"], d["adv"], d["mask"], bias=d["b"], teacher_hidden=th,
-                        old_logprobs=d["old"], lam=0.7, eps_w=0.3, eps_low=0.2, eps_high=0.2)
+                        old_logprobs=d["old"], options=RLSDOptions(lam=0.7, eps_w=0.3, eps_low=0.2, eps_high=0.2))
     got, _ = module(d["x"], d["w"], d["ids"], d["mask"], d["adv"], bias=d["b"], old_per_token_logps=d["old"],
                     teacher_input=th)
     torch.testing.assert_close(got, want)

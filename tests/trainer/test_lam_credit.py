@@ -76,7 +76,7 @@ def test_options_reach_the_loss(tmp_path, monkeypatch):
     trainer.step = 2
     trainer.accumulate_gradients(samples)
     kw = seen[-1]
-    assert kw["negative_only"] is True and kw["lam"] == pytest.approx(0.5 * 3 / 5)
+    assert kw["options"].negative_only is True and kw["options"].lam == pytest.approx(0.5 * 3 / 5)
     assert kw["credit_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
     # and the trainer fills the thought length of each rollout sample the same way
     monkeypatch.setattr(Trainer, "update", lambda self, s: seen.append(s) or (0.0, {}))
@@ -92,4 +92,4 @@ def test_all_span_passes_no_mask(tmp_path, monkeypatch):
     trainer = Trainer(make_config(tmp_path, algo={"name": "rlsd"}, train={"steps": 1}), model, tok,
                       examples(answer="7"), [])
     trainer.train()
-    assert seen and all(kw["credit_mask"] is None and kw["negative_only"] is False for kw in seen)
+    assert seen and all(kw["credit_mask"] is None and kw["options"].negative_only is False for kw in seen)

@@ -124,7 +124,6 @@ class RLSDActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def set_rlsd_options(self, lam: float, eps_w: float, negative_only: bool):
         self.rlsd_loss.options = RLSDOptions(lam=lam, eps_w=eps_w, negative_only=negative_only)
-        self.rlsd_loss.lam = lam
 
 
 class RLSDRayPPOTrainer(RayPPOTrainer):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Grads, HeadBackend, Stats
+from ..base import Grads, HeadBackend, HeadCall, Stats
 from ..chunked import ChunkedHead
 from .logprobs import linear_logprob_backward, linear_logprob_stats
 
@@ -20,18 +20,18 @@ class TritonTiledHead(HeadBackend):
     def __init__(self):
         self._exact = ChunkedHead("chunked")
 
-    def stats(self, h, W, b, y, inv_tau, compute_entropy, teacher_hidden=None):
-        if h.dtype == torch.float64:
-            return self._exact.stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden)
-        return Stats(*linear_logprob_stats(h, W, b, y, inv_tau, compute_entropy, teacher_hidden))
+    def stats(self, call: HeadCall):
+        if call.h.dtype == torch.float64:
+            return self._exact.stats(call)
+        return Stats(*linear_logprob_stats(call.h, call.W, call.b, call.y, call.inv_tau, call.compute_entropy,
+                                           call.teacher_hidden))
 
-    def backward(self, h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad=True):
-        if h.dtype == torch.float64:
-            return self._exact.backward(h, W, b, y, inv_tau, stats, g_lp, g_ent, need_weight_grad)
-        return Grads(*linear_logprob_backward(h, W, b, y, inv_tau, stats.lse, g_lp.float(),
+    def backward(self, call: HeadCall, stats, g_lp, g_ent):
+        if call.h.dtype == torch.float64:
+            return self._exact.backward(call, stats, g_lp, g_ent)
+        return Grads(*linear_logprob_backward(call.h, call.W, call.b, call.y, call.inv_tau, stats.lse, g_lp.float(),
                                               None if g_ent is None else g_ent.float(), stats.ent,
-                                              need_weight_grad=need_weight_grad))
+                                              need_weight_grad=call.need_weight_grad))
 
-    def jsd_loss_and_grad(self, h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad, need_weight_grad=True):
-        return self._exact.jsd_loss_and_grad(h, W, b, teacher_hidden, inv_tau, beta, weights, need_grad,
-                                             need_weight_grad)
+    def jsd_loss_and_grad(self, call: HeadCall, beta, weights):
+        return self._exact.jsd_loss_and_grad(call, beta, weights)
