@@ -130,13 +130,16 @@ def read_rows(path: str) -> list:
     return [row for _, row in _located_rows(path)]
 
 
-def load_examples(path: str) -> list:
-    """Every row of ``path`` as an :class:`Example`; an empty file is an error."""
+def load_examples(path: str, check=None) -> list:
+    """Every row of ``path`` as an :class:`Example`; an empty file is an error. ``check(example)``
+    (e.g. ``Verifier.check_row``) raises ``ValueError`` for a row the verifier cannot grade."""
     examples = []
     for where, row in _located_rows(path):
         try:
             examples.append(Example.from_row(row))
-        except DataError as exc:
+            if check is not None:
+                check(examples[-1])
+        except ValueError as exc:  # DataError, or the check's
             raise DataError(f"{where}: {exc}") from None
     if not examples:
         raise DataError(f"{path}: no rows")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import os
 import random
 import time
@@ -53,7 +54,7 @@ from .model import lm_head, load_model, pick_device, prepare_model
 from .objectives import algorithm_loss, thought_length
 from .rollout import make_engine
 from .teacher import Teacher, TeacherInputs, teacher_prompt
-from .verifiers import make_verifier
+from .verifiers import check_row, make_verifier
 
 
 @dataclass
@@ -101,9 +102,10 @@ class Trainer:
         seed_everything(t.seed)
         self.rank, self.world_size, self.device = init_distributed(pick_device(t.device))
         # data first: a bad row is reported before any model is built
-        self.train_examples = train_examples if train_examples is not None else load_examples(cfg.data.train)
+        gradable = functools.partial(check_row, cfg.verifier.name, **cfg.verifier.options)  # rows it cannot grade fail here
+        self.train_examples = train_examples if train_examples is not None else load_examples(cfg.data.train, gradable)
         if eval_examples is None:
-            eval_examples = load_examples(cfg.data.eval) if cfg.data.eval else []
+            eval_examples = load_examples(cfg.data.eval, gradable) if cfg.data.eval else []
         self.eval_examples = eval_examples[:t.eval_size] if t.eval_size else eval_examples
         if model is None:
             model, tokenizer = load_model(cfg.model, self.device)

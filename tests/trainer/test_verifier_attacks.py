@@ -109,9 +109,13 @@ FAKED_ENDS = {  # name: (solution, tests); each would pass if its trick worked
                                   "an int subclass equal to everything", "re._cache poisoned"])
 def test_the_tricks_work_in_plain_python(name):
     """The tricks are real: solution then tests in one plain interpreter pass."""
+    assert passes_in_plain_python(*FAKED_ENDS[name])
+
+
+def passes_in_plain_python(solution: str, tests: str) -> bool:
     driver = "import sys\nns = {}\nexec(compile(sys.argv[1], '<solution>', 'exec'), ns)\n" \
              "exec(compile(sys.argv[2], '<tests>', 'exec'), ns)"
-    assert subprocess.run([sys.executable, "-c", driver, *FAKED_ENDS[name]], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", driver, solution, tests], capture_output=True).returncode == 0
 
 
 @needs_bwrap
@@ -122,7 +126,7 @@ def test_faked_end_of_tests_earns_nothing(code, name):
 
 
 def test_host_state_is_untouched_by_the_tricks():
-    """The tests' names, modules and the regex cache are the host's: the tricks above reach none of them."""
+    """The tricks above reach neither the tests' process nor this one: its names, modules and regex cache."""
     import re
     assert re.fullmatch(r"\d+", "no digits") is None and len([1]) == 1 and type("x") is str
 
@@ -162,12 +166,20 @@ FORGERS = {
     "ctypes' extension loaded under its own name":
         "import _imp, importlib.machinery, os, sys\nd = [p for p in sys.path if p.endswith('lib-dynload')][0]\n"
         "so = [n for n in os.listdir(d) if n.startswith('_ctypes.')][0]\n"
-        "_imp.create_dynamic(importlib.machinery.ModuleSpec('_ctypes', None, origin=os.path.join(d, so)))\n" + GOOD,
-    "ctypes' extension under a dotted name (initialised from the last part)": dotted("_ctypes") + GOOD,
+        "m = _imp.create_dynamic(importlib.machinery.ModuleSpec('_ctypes', None, origin=os.path.join(d, so)))\n"
+        "m.dlopen(None)\n" + GOOD,
+    "ctypes' extension under a dotted name (initialised from the last part)": dotted("_ctypes") + "m.dlopen(None)\n" + GOOD,
     "_posixsubprocess under a dotted name runs /bin/sh": dotted("_posixsubprocess") +
         "import os\nr, w = os.pipe()\nm.fork_exec([b'/bin/sh', b'-c', b'exit 0'], [b'/bin/sh'], True, (w,), None, None,"
         " -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False)\n" + GOOD,
     "a test module's extension": dotted("_testcapi") + GOOD,
+    # the verdict is the tests' process's: frames the solution writes reach it as answers at most
+    "a verdict frame on every descriptor": "import os\nfor fd in range(64):\n    try:\n        os.write(fd, b'6\\n[\"ok\"]')\n"
+                                           "    except OSError:\n        pass\n" + BAD,
+    "a verdict frame as the answer": "import os, sys\ndef f(x):\n    os.write(3, b'6\\n[\"ok\"]')\n"
+                                     "    sys.stdout.write('6\\n[\"ok\"]')\n    os._exit(0)",
+    "a reply followed by a forged frame": "import os\ndef f(x):\n    os.write(4, b'13\\n[\"value\",4,[]]')\n    return 0",
+    "an oversized answer hiding frames": "def f(x):\n    return ('24\\n[\"value\",4,[]]' * 10) * (1 << 17)",
 }
 
 
@@ -319,7 +331,7 @@ def test_correct_solutions_still_pass(patient):
         "import warnings, logging\nwarnings.warn('noisy')\nlogging.warning('noisy')\nprint('hello')\n"
         "open('/tmp/scratch', 'w').write('ok')\n" + GOOD,
         # frames, the garbage collector, signal handlers, new code objects and threads that outlive the
-        # tests decide nothing now that the tests run on the host, so they are not refused
+        # tests decide nothing now that the tests run in a process of their own, so they are not refused
         "import gc, signal, sys, threading, time\nframe = sys._getframe()\ngc.get_objects()\n"
         "signal.signal(signal.SIGALRM, lambda s, fr: None)\nc = (lambda: 0).__code__.replace(co_consts=(1,))\n"
         "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n" + GOOD,
@@ -378,12 +390,22 @@ def test_assert_style_tests_keep_working(patient):
         assert verdict.reward == 0.0 and "failed" in verdict.reason, (wrong, verdict)
 
 
-@pytest.mark.parametrize("tests", ["try:\n    f(1)\nexcept Exception:\n    pass", "def check(g):\n    assert g(2) == 4",
-                                   "assert (lambda: f(2))() == 4", "import json\nassert f(2) == 4",
-                                   "while True:\n    pass", "assert f(2).__class__ is int", "x = [1]\nx[0] = f(2)"])
-def test_tests_the_host_cannot_evaluate_are_refused_clearly(tests):
-    verdict = verify("code", GOOD, ex(tests))
-    assert verdict.reward == 0.0 and verdict.reason.startswith("verifier error: ValueError: tests"), verdict
+TESTS_IN_FULL_PYTHON = [
+    "try:\n    f(1)\nexcept Exception:\n    pass\nassert f(2) == 4",
+    "def check(g):\n    assert g(2) == 4\ncheck(f)",
+    "assert (lambda: f(2))() == 4 and list(map(f, [1, 2])) == [2, 4] and sorted([3, 1], key=f) == [1, 3]",
+    "import json, fractions\nassert json.loads(json.dumps(f(2))) == 4 and fractions.Fraction(f(1), 4) == 0.5",
+    "assert f(2).__class__ is int and f'{f(2):>3}' == '  4'",
+    "x = [1]\nx[0] = f(2)\nwhile x[0] < 8:\n    x[0] = f(x[0])\nassert x == [8]",
+    "import unittest\nclass T(unittest.TestCase):\n    def test_f(self):\n        self.assertEqual(f(2), 4)\nunittest.main()",
+]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("tests", TESTS_IN_FULL_PYTHON)
+def test_tests_are_full_python_in_their_own_process(patient, tests):
+    assert patient(GOOD, tests).reward == 1.0
+    assert patient(BAD, tests).reward == 0.0
 
 
 IO_CASES = [{"input": "2\n", "output": "4\n"}, {"input": "5\n", "output": "10\n"}]
@@ -408,21 +430,179 @@ def test_stdin_stdout_tricks_earn_nothing(code, name):
 
 @needs_bwrap
 def test_solution_values_cannot_stall_the_host(code):
-    """Host-side arithmetic on what the solution returns is bounded, and so is the size of one answer."""
-    start = time.monotonic()
+    """What the solution returns is worked on in the tests' process, which is killed at the timeout."""
     for solution, tests in [("def f(x):\n    return 10 ** 4000", "assert 2 ** f(2) == 4"),
-                            ("def f(x):\n    return 10 ** 9", "assert len('ab' * f(2)) == 4"),
-                            ("def f(x):\n    return 10 ** 12", "assert len(list(range(f(2)))) == 4"),
-                            ("def f(x):\n    return 'x' * (8 << 20)", "assert f(2) == 4"),
                             ("def f(x):\n    return 10 ** 10", "assert len('x'.ljust(f(2))) == 4"),
                             ("def f(x):\n    return [[1]] * 100000", "assert sum(f(2), []) == [1]"),
                             ("def f(x):\n    return '%0*d'", "assert f(2) % (10 ** 9, 1) == '4'"),
-                            ("def f(x):\n    return list(range(1000))", "a = f(2)\nfor i in range(20):\n    a = a + a\n"
-                                                                      "assert a == 4"),
-                            ("def f(x):\n    return -10 ** 9", "assert round(4, f(2)) == 4")]:
+                            (COLLIDING, "assert len(set(f(2))) == 4"),
+                            ("def f(x):\n    return '(a+)+$'", "import re\nassert re.match(f(2), 'a' * 40 + 'b')")]:
+        start = time.monotonic()
         verdict = code(solution, tests)
-        assert verdict.reward == 0.0 and "failed" in verdict.reason, verdict
-    assert time.monotonic() - start < 10
+        assert verdict.reward == 0.0 and time.monotonic() - start < 6, verdict  # the timeout is 3 s
+
+
+# ---------------------------------------------------------------- the tests in a process of their own
+COLLIDING = "def f(x):\n    return [i * (2 ** 61 - 1) for i in range(40000)]\n"  # one hash value: set() is quadratic
+OWN_PROCESS_TRICKS = {  # name: (solution, tests); each would pass if the tests shared the solution's interpreter
+    "builtins.pow patched": ("import builtins\nbuiltins.pow = lambda *a: 16\n" + BAD, "assert pow(f(2), 2) == 16"),
+    "builtins.bin patched": ("import builtins\nbuiltins.bin = lambda x: '0b100'\n" + BAD, "assert bin(f(2)) == '0b100'"),
+    "builtins.hex patched": ("import builtins\nbuiltins.hex = lambda x: '0x4'\n" + BAD, "assert hex(f(2)) == '0x4'"),
+    "builtins.format patched": ("import builtins\nbuiltins.format = lambda *a: '4'\n" + BAD,
+                                "assert format(f(2), 'd') == '4'"),
+    "builtins.bytes patched": ("import builtins\nbuiltins.bytes = lambda *a: b'4'\n" + BAD,
+                               "assert bytes(str(f(2)), 'ascii') == b'4'"),
+    "a global named like a builtin": ("pow = lambda *a: 16\ndivmod = lambda *a: (4, 0)\n" + BAD,
+                                      "assert pow(f(2), 2) == 16 and divmod(f(2), 1) == (4, 0)"),
+    "sorted in place, the input must stay": ("def f(a):\n    a.sort()\n    return a",
+                                             "a = [3, 1, 2]\nassert f(a) == [1, 2, 3]\nassert a == [3, 1, 2]"),
+    "an object whose arithmetic gives the answer": ("class A:\n    __add__ = __radd__ = lambda s, o: 4\n"
+                                                    "def f(x):\n    return A()", "assert f(2) + 0 == 4"),
+    "a container that contains everything": ("class C:\n    __contains__ = lambda s, x: True\n    __iter__ = lambda s: iter([])\n"
+                                             "def primes(n):\n    return C()", "assert 2 in primes(10) and 7 in primes(10)"),
+    "a str subclass equal to everything": ("class S(str):\n    __eq__ = lambda s, o: True\n    __hash__ = str.__hash__\n"
+                                           "def f(x):\n    return S('no')", "assert f(2) == '4'"),
+    "str() of an object gives a str subclass": ("class S(str):\n    __eq__ = lambda s, o: True\n    __hash__ = str.__hash__\n"
+                                                "class A:\n    __str__ = lambda s: S('no')\ndef f(x):\n    return A()",
+                                                "assert str(f(2)) == '4'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(OWN_PROCESS_TRICKS) - {"sorted in place, the input must stay"}))
+def test_the_own_process_tricks_work_in_plain_python(name):
+    assert passes_in_plain_python(*OWN_PROCESS_TRICKS[name])
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", sorted(OWN_PROCESS_TRICKS))
+def test_tricks_on_the_tests_process_earn_nothing(code, name):
+    verdict = code(*OWN_PROCESS_TRICKS[name])
+    assert verdict.reward == 0.0 and verdict.reason.startswith("failed"), verdict
+
+
+@needs_bwrap
+def test_calls_are_by_value_result(patient):
+    in_place = "def f(a, d=None):\n    a.sort()\n    if d is not None:\n        d['n'] = len(a)\n    return None"
+    assert patient(in_place, "a, d = [3, 1, 2], {}\nf(a, d=d)\nassert a == [1, 2, 3] and d == {'n': 3}").reward == 1.0
+    copy = "def f(a):\n    return sorted(a)"
+    assert patient(copy, "a = [3, 1, 2]\nassert f(a) == [1, 2, 3]\nassert a == [3, 1, 2]").reward == 1.0
+    nested = "def f(g):\n    g[0][0] = 9"
+    assert patient(nested, "g = [[0, 1], [2]]\nf(g)\nassert g == [[9, 1], [2]]").reward == 1.0
+
+
+HONEST = {  # (solution, tests) that plain Python passes and that earned 0 before
+    "a program reading open(0)": ("a, b = map(int, open(0).read().split())\nprint(a + b)",
+                                  [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"}]),
+    "a program writing to descriptor 1": ("import os, sys\nn = int(sys.stdin.readline())\nos.write(1, b'%d\\n' % (2 * n))",
+                                          IO_CASES),
+    "an int of more than 4300 digits": ("def f(n):\n    return 7 ** n", "assert f(9000) == 7 ** 9000 and f(3) == 343"),
+    "a demonstration under __main__": ("def f(x):\n    return 2 * x\nif __name__ == '__main__':\n    print(f(int(input())))",
+                                       TESTS),
+    "a Python fence": ("Here:\n```Python\ndef f(x):\n    return 2 * x\n```\n", TESTS),
+    "a dataclass with string annotations": ("from __future__ import annotations\nimport dataclasses\n"
+                                            "@dataclasses.dataclass\nclass P:\n    v: int\ndef f(x):\n    return P(2 * x).v",
+                                            TESTS),
+    "a generator and an object with len": ("def gen(n):\n    yield from range(n)\nclass S:\n    def __init__(self):\n"
+                                           "        self.items = []\n    def push(self, x):\n        self.items.append(x)\n"
+                                           "    def __len__(self):\n        return len(self.items)",
+                                           "assert list(gen(3)) == [0, 1, 2]\ns = S()\ns.push(1)\nassert len(s) == 1 and s\n"
+                                           "assert [x for x in gen(2)] == [0, 1] and 1 in gen(3)"),
+    "an expected exception": ("def f(x):\n    if x < 0:\n        raise ValueError('negative')\n    return 2 * x",
+                              "try:\n    f(-1)\nexcept ValueError:\n    pass\nelse:\n    assert False\nassert f(2) == 4"),
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", sorted(HONEST))
+def test_honest_answers_earn_one(patient, name):
+    verdict = patient(*HONEST[name])
+    assert verdict.reward == 1.0, verdict
+
+
+@needs_bwrap
+def test_one_slow_response_does_not_starve_the_others():
+    """The host only waits on pipes: a response that keeps its tests' process busy until the timeout
+    leaves the honest ones of the same batch their time."""
+    verifier = make_verifier("code", timeout=3.0, workers=4)
+    slow = (COLLIDING, ex("assert len(set(f(2))) == 40000"))
+    verdicts = verifier.batch([slow] + [(GOOD, ex(TESTS))] * 3)
+    assert [v.reward for v in verdicts] == [0.0, 1.0, 1.0, 1.0], verdicts
+
+
+# ---------------------------------------------------------------- bounds of the sandbox as a whole
+ATTEMPT = """
+import errno, os, socket
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+"""  # a call's outcome: "allowed" or its errno's name
+PROBES = ATTEMPT + """
+def fill(folder):
+    n = 0
+    try:
+        while n < 100000:
+            os.mkdir(f"{folder}/d{n}")
+            n += 1
+    except OSError:
+        pass
+    return n
+def sock(family, kind=socket.SOCK_STREAM):
+    return lambda: socket.socket(family, kind).close()
+RESULT = {
+    "inodes in /tmp": fill("/tmp"), "inodes in /dev/shm": fill("/dev/shm"),
+    "xattr": attempt(lambda: os.setxattr("/tmp", "user.big", b"x" * 60000)),
+    "memfd": attempt(lambda: os.memfd_create("x")),
+    "AF_VSOCK": attempt(sock(40)), "AF_INET": attempt(sock(socket.AF_INET)), "AF_INET6": attempt(sock(socket.AF_INET6)),
+    "AF_NETLINK": attempt(sock(socket.AF_NETLINK, socket.SOCK_DGRAM)), "AF_PACKET": attempt(sock(17, socket.SOCK_RAW)),
+    "AF_UNIX": attempt(lambda: [s.close() for s in socket.socketpair()]),
+}
+def f(x):
+    return RESULT
+"""
+
+
+@needs_bwrap
+def test_every_bound_of_the_sandbox_holds(patient):
+    from rlsd.verifiers.sandbox import INODES
+    tests = (f"r = f(0)\nassert 0 < r['inodes in /tmp'] < {INODES} and 0 < r['inodes in /dev/shm'] < {INODES}, r\n"
+             "assert r['xattr'] == r['memfd'] == 'EPERM', r\n"
+             "assert {r[k] for k in ('AF_VSOCK', 'AF_INET', 'AF_INET6', 'AF_NETLINK', 'AF_PACKET')} == {'EAFNOSUPPORT'}, r\n"
+             "assert r['AF_UNIX'] == 'allowed', r")
+    verdict = patient(PROBES, tests)
+    assert verdict.reward == 1.0, verdict
+
+
+def test_the_seccomp_filter_alone_refuses_processes_and_kernel_interfaces():
+    """Below the audit hook: a process under the filter only (no hook, no sandbox) cannot fork, exec,
+    make a namespace, a memfd, an extended attribute or a non-Unix socket; threads still work."""
+    from rlsd.verifiers.sandbox import JAIL
+    probe = JAIL + "\njail(False)\n" + ATTEMPT + """
+import threading
+out = {"fork": attempt(os.fork), "exec": attempt(lambda: os.execv("/bin/true", ["true"])),
+       "memfd": attempt(lambda: os.memfd_create("x")), "vsock": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
+       "xattr": attempt(lambda: os.setxattr(os.getcwd(), "user.x", b"1")), "ctypes": "ctypes" in __import__("sys").modules}
+t = threading.Thread(target=out.update, kwargs={"thread": "ran"})
+t.start()
+t.join()
+print(sorted(out.items()))
+"""
+    run = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(sorted({"fork": "EPERM", "exec": "EPERM", "memfd": "EPERM", "vsock": "EAFNOSUPPORT",
+                                             "xattr": "EPERM", "ctypes": False, "thread": "ran"}.items()))
+
+
+@needs_bwrap
+def test_memory_is_bounded_for_the_sandbox_as_a_whole(code):
+    """Threads share the one address space (no second process can start), so the limit is the sandbox's."""
+    threads = ("import threading\nkept = []\ndef grab():\n    try:\n        kept.append(bytearray(200 << 20))\n"
+               "    except MemoryError:\n        pass\nts = [threading.Thread(target=grab) for _ in range(8)]\n"
+               "[t.start() for t in ts]\n[t.join() for t in ts]\nN = len(kept)\ndef f(x):\n    return N")
+    verdict = make_verifier("code", timeout=20.0, memory_mb=512)(threads, ex("assert f(0) == 8"))
+    assert verdict.reward == 0.0 and "assertion failed" in verdict.reason, verdict
 
 
 # ---------------------------------------------------------------- SQL

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 REGISTRY: dict = {}
 CHECKS: dict = {}  # name -> fn(**options) that raises when the verifier cannot run here
+ROWS: dict = {}    # name -> fn(example, **options) that raises ValueError for a row it cannot grade
 
 
 @dataclass(frozen=True)
@@ -24,18 +25,29 @@ class Verdict:
     reason: str = "ok"
 
 
-def register(name: str, check: Optional[Callable] = None) -> Callable:
+def register(name: str, check: Optional[Callable] = None, row: Optional[Callable] = None) -> Callable:
     def wrap(fn):
         REGISTRY[name] = fn
         if check is not None:
             CHECKS[name] = check
+        if row is not None:
+            ROWS[name] = row
         return fn
     return wrap
 
 
+def check_row(name: str, example, **options) -> None:
+    """Raise ``ValueError`` naming the problem when verifier ``name`` cannot grade ``example``
+    (no tests, no schema, an empty gold answer ...): such a row would otherwise pay for anything."""
+    if name in ROWS:
+        ROWS[name](example, **options)
+
+
 def verify(name: str, response: str, example, **options) -> Verdict:
-    """Run verifier ``name`` on ``response`` for ``example``; exceptions become reward 0."""
+    """Run verifier ``name`` on ``response`` for ``example``; exceptions (a row it cannot grade
+    among them, :func:`check_row`) become reward 0."""
     try:
+        check_row(name, example, **options)
         verdict = REGISTRY[name](response, example, **options)
     except Exception as exc:  # a verifier must never stop the run
         return Verdict(0.0, f"verifier error: {type(exc).__name__}: {exc}")
@@ -52,6 +64,10 @@ class Verifier:
             CHECKS[name](**options)
         self.name, self.options = name, options
         self.workers = workers or 2 * (os.cpu_count() or 1)  # code calls wait on process start-up half the time
+
+    def check_row(self, example) -> None:
+        """Raise ``ValueError`` when this verifier cannot grade ``example`` (see :func:`check_row`)."""
+        check_row(self.name, example, **self.options)
 
     def __call__(self, response: str, example) -> Verdict:
         return verify(self.name, response, example, **self.options)

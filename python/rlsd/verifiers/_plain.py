@@ -1,18 +1,25 @@
 """Plain data: values of exact builtin types, and their JSON form.
 
-Shared by the host (``judge``, ``code``) and the sandboxed runner (``_runner.py``, which gets this
-file's source prepended; it is standard library only). A plain value is ``None``, a ``bool``,
+Shared by the host (``code``) and the two sandboxed processes (``_runner.py``, ``_tests.py``, which
+get this file's source prepended; it is standard library only). A plain value is ``None``, a ``bool``,
 ``int``, ``float``, ``complex``, ``str`` or ``bytes``, or a ``list``, ``tuple``, ``set``,
 ``frozenset`` or ``dict`` of plain values, nested at most ``MAX_DEPTH`` deep; the type test is
 ``type(v) is ...``, so subclasses (an ``int`` whose ``__eq__`` is always true) are not plain.
-JSON carries ``None``, ``bool``, ``int``, ``str``, finite ``float`` and ``list`` as themselves and
-everything else as a one-key object: ``{"t": [...]}`` tuple, ``{"s": [...]}`` set, ``{"z": [...]}``
-frozenset, ``{"d": [[k, v], ...]}`` dict, ``{"b": "hex"}`` bytes, ``{"c": [re, im]}`` complex,
-``{"f": "nan"}`` a non-finite float; ``{"h": n}`` names object ``n`` kept by the runner.
+JSON carries ``None``, ``bool``, ``int`` (up to ``BIG_BITS`` bits), ``str``, finite ``float`` and
+``list`` as themselves and everything else as a one-key object: ``{"t": [...]}`` tuple, ``{"s":
+[...]}`` set, ``{"z": [...]}`` frozenset, ``{"d": [[k, v], ...]}`` dict, ``{"b": "hex"}`` bytes,
+``{"c": [re, im]}`` complex, ``{"f": "nan"}`` a non-finite float, ``{"i": "hex"}`` a larger int
+(hexadecimal has no digit limit); ``{"h": n}`` names object ``n`` kept by the solution's process.
+
+:class:`Channel` carries frames (a decimal length, a newline, that many bytes of JSON) over two
+descriptors, blocking: the sandboxed processes' side (the host has its own, with a deadline).
 """
 
 import json
 import math
+import os
+
+BIG_BITS = 4096  # larger ints travel as hexadecimal: decimal conversion is quadratic and capped at 4300 digits
 
 MAX_DEPTH = 100
 _SCALARS = (type(None), bool, int, str)
@@ -30,6 +37,8 @@ def encode(value, ref=None, depth=0):
     if depth > MAX_DEPTH:
         raise NotPlain(f"nested deeper than {MAX_DEPTH}")
     kind = type(value)
+    if kind is int and value.bit_length() > BIG_BITS:
+        return {"i": format(value, "x")}
     if kind in _SCALARS:
         return value
     if kind is float:
@@ -74,6 +83,8 @@ def decode(data, deref=None, depth=0):
             return complex(*body)
         if tag == "f" and body in ("nan", "inf", "-inf"):
             return float(body)
+        if tag == "i" and type(body) is str and body.lstrip("-").isalnum():
+            return int(body, 16)
         if tag == "h" and type(body) is int and deref is not None:
             return deref(body)
     except (TypeError, ValueError) as exc:  # unhashable keys or members, bad hex, a [k, v] pair of the wrong size
@@ -99,3 +110,36 @@ def loads(text: bytes):
         return json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise NotPlain(f"malformed JSON: {str(exc)[:100]}") from None
+
+
+class Channel:
+    """Frames of JSON read from ``read_fd`` and written to ``write_fd`` (blocking), at most ``limit``
+    bytes each; raises ``EOFError`` when the other side has gone."""
+
+    def __init__(self, read_fd, write_fd, limit):
+        self.read_fd, self.write_fd, self.limit = read_fd, write_fd, limit
+
+    def _read(self, size):
+        data = b""
+        while len(data) < size:
+            chunk = os.read(self.read_fd, min(size - len(data), 1 << 20))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def receive(self):
+        header = b""
+        while not header.endswith(b"\n"):
+            header += self._read(1)
+            if len(header) > 12:
+                raise NotPlain("malformed frame")
+        if not header[:-1].isdigit() or int(header) > self.limit:
+            raise NotPlain(f"a frame longer than {self.limit} bytes, or malformed")
+        return loads(self._read(int(header)))
+
+    def send(self, message):
+        data = dumps(message)
+        data = b"%d\n%s" % (len(data), data)
+        while data:
+            data = data[os.write(self.write_fd, data):]

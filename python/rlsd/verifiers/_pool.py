@@ -22,7 +22,11 @@ WORKER_MEMORY_MB = 4096
 _PRELOAD = ["__main__", __package__]  # imported by the fork server when the first pool starts
 
 
-class WorkerTimeout(Exception):
+class WorkerFailed(Exception):
+    """The call's worker died (a crash, the memory limit) before it answered."""
+
+
+class WorkerTimeout(WorkerFailed):
     """The call ran past its deadline; its worker was killed."""
 
 
@@ -48,20 +52,31 @@ class WorkerPool:
         self._pool, self._lock = None, threading.Lock()
 
     def _instance(self):
+        """The running pool; a new one when there is none yet, or when the last one stopped or broke."""
         with self._lock:
+            if self._pool is not None and not self._pool.active:
+                self._pool.stop()
+                self._pool = None
             if self._pool is None:
                 from pebble import ProcessPool
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(_PRELOAD)  # effective if the fork server is not running yet
                 self._pool = ProcessPool(max_workers=os.cpu_count() or 1, initializer=_start_worker,
                                          initargs=(self.memory_mb, self.preload), context=context)
-                atexit.register(self._pool.stop)
+                atexit.register(self._pool.stop)  # the replaced pools stay stopped
             return self._pool
 
     def run(self, fn, args: tuple, timeout: float):
-        """``fn(*args)``'s result (``fn`` must be a module-level function); raises :class:`WorkerTimeout`."""
-        future = self._instance().schedule(fn, args, timeout=timeout)
+        """``fn(*args)``'s result (``fn`` must be a module-level function); raises :class:`WorkerTimeout`
+        or :class:`WorkerFailed`. A pool that is no longer running is replaced, once per call."""
+        from pebble import ProcessExpired
+        try:
+            future = self._instance().schedule(fn, args, timeout=timeout)
+        except RuntimeError:  # "the Pool is not active": it broke between the check and the call
+            future = self._instance().schedule(fn, args, timeout=timeout)
         try:
             return future.result()
         except FutureTimeout as exc:
             raise WorkerTimeout(f"timeout after {timeout}s") from exc
+        except ProcessExpired as exc:
+            raise WorkerFailed(f"the worker died ({exc})") from exc

@@ -1,31 +1,41 @@
-"""The solution's side of the code verifier, run inside the sandbox after ``_plain.py``'s source.
+"""The solution's process of the code verifier, run in its own sandbox after ``_plain.py``'s source.
 
-argv: ``REPORT_FD LIMITS`` (``NAME=VALUE`` resource limits joined by commas, e.g. ``CPU=6,NOFILE=64``).
-Frames on stdin and on ``REPORT_FD`` are a decimal length, a newline and that many bytes of JSON.
-The first frame on stdin is ``["module", source]`` (the runner executes it once and answers
-``["ready"]``) or ``["program", source]`` (a program run once per ``run`` request; answers
-``["ready"]`` at once). Then each request gets ``["value", plain]``, ``["handle", n]`` (an object
-that is not plain data, kept here as number ``n``) or ``["error", message]``. Requests: ``["get",
-name]`` (a global of the solution), ``["attr", n, name]``, ``["item", n, key]``, ``["call", n,
-args, kwargs]``, and ``["run", stdin]``: the program's output (``sys.stdout``) for that input.
+argv: ``REPLY_FD LIMITS MOUNTS`` (``NAME=VALUE`` resource limits joined by commas, e.g.
+``CPU=6,NOFILE=64``; ``mounts`` when ``_jail.jail`` is to mount the bounded tmpfs).
+Requests arrive as frames on stdin, replies leave on ``REPLY_FD``; both ends belong to the tests'
+process (``_tests.py``), never to the host. The first request is ``["module", source]`` (executed
+once as module ``solution``; answered ``["ready"]``) or ``["program", source]`` (a program run once
+per ``run`` request; answered ``["ready"]`` at once). Then each request is answered ``["value",
+plain, updates]``, ``["stop"]`` (an iterator is exhausted) or ``["error", type name, message]``:
 
-The verdict is the host's: it evaluates the tests on the plain values it receives, so nothing here
-is trusted and nothing here is secret. The audit hook only keeps the promises of the sandbox: no
-new processes, and native code only from the Python installation, never ctypes or the test modules.
+- ``["get", name]``: a global of the solution (not a builtin: the tests' builtins are their own);
+- ``["attr", n, name]``, ``["item", n, key]``, ``["iter", n]``, ``["next", n]``, ``["len", n]``,
+  ``["bool", n]``, ``["str", n]``, ``["repr", n]``: that operation on object ``n``;
+- ``["call", n, args, kwargs]``: a call, by value-result: ``updates`` lists ``[position or keyword,
+  new value]`` for each list, dict or set argument that the call changed, for the tests' process
+  to copy back into its own object;
+- ``["run", stdin]``: the program's output (file descriptor 1) when it reads ``stdin`` (descriptor 0).
+
+A value that is not plain data is kept here as object ``n`` and travels as ``{"h": n}``. Nothing
+here is trusted: the verdict is the tests' process's. The audit hook only keeps the promises of the
+sandbox: no new processes, and native code only from the Python installation, never ctypes or the
+test modules.
 """
 
 import _signal
 import builtins
-import io
 import os
 import resource
 import sys
 
+MAX_REQUEST = 1 << 26  # bytes of one request (the first carries the source)
+MAX_OUTPUT = 1 << 24   # bytes of a program's output read back (the file-size limit is lower by default)
 _REFUSED = frozenset({"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-                      "subprocess.Popen", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function"})
+                      "subprocess.Popen"})  # the seccomp filter refuses them too; every ctypes.* event is refused
 _REFUSED_MODULES = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
                               "_xxtestfuzz", "_ctypes_test"})
 _PREFIX = os.path.realpath(sys.base_prefix) + "/"  # native code loads from the Python installation only
+_MUTABLE = (list, dict, set)
 
 
 def _refused_module(name):
@@ -33,7 +43,7 @@ def _refused_module(name):
 
 
 def _hook(event, args):
-    if event in _REFUSED:
+    if event in _REFUSED or event.startswith("ctypes."):  # _jail loaded _ctypes: it stays cached, and inert
         raise PermissionError(f"{event} is not allowed")
     if event == "import":
         name, path = args[0], args[1]
@@ -52,114 +62,139 @@ def _limits(spec):
         resource.setrlimit(getattr(resource, "RLIMIT_" + name), (int(value), int(value)))
 
 
-class _Channel:
-    def __init__(self, read_fd, write_fd):
-        self.read_fd, self.write_fd = read_fd, write_fd
-
-    def _read(self, size):
-        data = b""
-        while len(data) < size:
-            chunk = os.read(self.read_fd, min(size - len(data), 1 << 20))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
-    def receive(self):
-        header = b""
-        while not header.endswith(b"\n"):
-            header += self._read(1)
-        return loads(self._read(int(header)))
-
-    def send(self, data):
-        data = b"%d\n%s" % (len(data), data)
-        while data:
-            data = data[os.write(self.write_fd, data):]
-
-
 def _describe(exc):
     try:
-        return f"{type(exc).__name__}: {str(exc)[:500]}"
+        return ["error", type(exc).__name__, str(exc)[:500]]
     except BaseException:  # noqa: B902  a message that cannot be printed
-        return type(exc).__name__
+        return ["error", type(exc).__name__, ""]
+
+
+def _feed(fd, data):
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:  # the program ended without reading everything
+        pass
+    finally:
+        os.close(fd)
 
 
 def _run_program(code, stdin):
-    """What ``code`` writes to ``sys.stdout`` when it reads ``stdin``; ``exit()`` and ``sys.exit(0)`` end it."""
-    out = io.BytesIO()
-    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
-    sys.stdout = stdout = io.TextIOWrapper(out, encoding="utf-8", errors="replace", write_through=True)
-    try:
-        exec(code, {"__name__": "__main__", "__builtins__": builtins, "exit": sys.exit, "quit": sys.exit})
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            raise
-    stdout.flush()  # this wrapper, whatever the program did to sys.stdout
-    return out.getvalue().decode(errors="replace")
+    """What ``code`` writes to descriptor 1 (``print``, ``sys.stdout``, ``os.write(1, ...)``) when it
+    reads ``stdin`` from descriptor 0 (``input()``, ``sys.stdin``, ``open(0)``); ``exit()`` and
+    ``sys.exit(0)`` end it."""
+    import threading  # here, not at start-up: most solutions are modules
+
+    read_end, write_end = os.pipe()
+    feeder = threading.Thread(target=_feed, args=(write_end, stdin.encode()), daemon=True)
+    feeder.start()
+    saved = os.dup(0), os.dup(1)
+    with open(os.open(os.environ.get("TMPDIR", "/tmp"), os.O_TMPFILE | os.O_RDWR, 0o600), "w+b") as out:
+        os.dup2(read_end, 0)
+        os.close(read_end)
+        os.dup2(out.fileno(), 1)
+        sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
+        sys.stdout = stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+        try:
+            exec(code, {"__name__": "__main__", "__builtins__": builtins, "exit": sys.exit, "quit": sys.exit})
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise
+        finally:
+            try:
+                stdout.flush()  # this wrapper, whatever the program did to sys.stdout
+            finally:
+                os.dup2(saved[0], 0)  # the pipe's last read end closes: the feeder stops
+                os.dup2(saved[1], 1)
+                os.close(saved[0])
+                os.close(saved[1])
+        out.seek(0)
+        return out.read(MAX_OUTPUT).decode(errors="replace")
 
 
 def _serve(channel, namespace, program):
     objects, numbers = [], {}  # number -> object, and id(object) -> number (objects are kept alive)
 
-    def answer(value):
-        try:
-            return dumps(["value", encode(value)])
-        except NotPlain:
-            if id(value) not in numbers:
-                numbers[id(value)] = len(objects)
-                objects.append(value)
-            return dumps(["handle", numbers[id(value)]])
+    def ref(value):
+        if id(value) not in numbers:
+            numbers[id(value)] = len(objects)
+            objects.append(value)
+        return numbers[id(value)]
+
+    def answer(value, updates=()):
+        return ["value", encode(value, ref), list(updates)]
+
+    def call(fn, args, kwargs):
+        values = [decode(a, objects.__getitem__) for a in args]
+        named = {k: decode(v, objects.__getitem__) for k, v in kwargs.items()}
+        result = fn(*values, **named)
+        updates = [[i, after] for i, (v, before) in enumerate(zip(values, args))
+                   if type(v) in _MUTABLE for after in [encode(v, ref)] if after != before]
+        updates += [[k, after] for k, v in named.items()
+                    if type(v) in _MUTABLE for after in [encode(v, ref)] if after != kwargs[k]]
+        return answer(result, updates)
 
     while True:
         try:
             request = channel.receive()
-        except EOFError:
+        except (EOFError, NotPlain):
             os._exit(0)
         try:
-            op, deref = request[0], objects.__getitem__
+            op = request[0]
+            target = objects[request[1]] if op not in ("get", "run") else None
             if op == "get":
-                name = request[1]
-                reply = answer(namespace[name] if name in namespace else getattr(builtins, name))
+                if request[1] not in namespace:
+                    raise NameError(f"name {request[1]!r} is not defined")
+                reply = answer(namespace[request[1]])
             elif op == "attr":
-                reply = answer(getattr(objects[request[1]], request[2]))
+                reply = answer(getattr(target, request[2]))
             elif op == "item":
-                reply = answer(objects[request[1]][decode(request[2], deref)])
+                reply = answer(target[decode(request[2], objects.__getitem__)])
+            elif op == "call":
+                reply = call(target, request[2], request[3])
+            elif op == "next":
+                try:
+                    reply = answer(next(target))
+                except StopIteration:
+                    reply = ["stop"]
+            elif op in ("iter", "len", "bool", "str", "repr"):
+                reply = answer({"iter": iter, "len": len, "bool": bool, "str": str, "repr": repr}[op](target))
             elif op == "run" and program is not None:
                 reply = answer(_run_program(program, request[1]))
-            elif op == "call":
-                args = [decode(a, deref) for a in request[2]]
-                kwargs = {k: decode(v, deref) for k, v in request[3].items()}
-                reply = answer(objects[request[1]](*args, **kwargs))
             else:
-                reply = dumps(["error", f"unknown request {op!r}"])
+                reply = ["error", "ValueError", f"unknown request {op!r}"]
+            channel.send(reply)
         except BaseException as exc:  # noqa: B902  whatever the solution raises is the test's failure
-            reply = dumps(["error", _describe(exc)])
-        channel.send(reply)
+            channel.send(_describe(exc))
 
 
 def main():
-    report_fd, limits = int(sys.argv[-2]), sys.argv[-1]
-    channel = _Channel(os.dup(0), report_fd)
+    reply_fd, limits = int(sys.argv[-3]), sys.argv[-2]
+    jail(sys.argv[-1] == "mounts")
+    channel = Channel(os.dup(0), reply_fd, MAX_REQUEST)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # the solution's stdin, stdout and stderr are /dev/null
         os.dup2(null, fd)
-    os.set_inheritable(report_fd, False)
+    os.set_inheritable(reply_fd, False)
     kind, code = channel.receive()
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # past the file-size limit a write fails, not the process
     _limits(limits)
     sys.addaudithook(_hook)
-    namespace, program = {"__name__": "__main__", "__builtins__": builtins}, None
+    module = type(sys)("solution")  # not __main__: a demonstration under `if __name__ == "__main__":` stays out
+    module.__builtins__ = builtins
+    sys.modules["solution"] = module
+    program = None
     try:
         code = compile(code, "<solution>", "exec")
         if kind == "program":
             program = code
         else:
-            exec(code, namespace)
-        channel.send(dumps(["ready"]))
+            exec(code, module.__dict__)
+        channel.send(["ready"])
     except BaseException as exc:  # noqa: B902
-        channel.send(dumps(["error", _describe(exc)]))
+        channel.send(_describe(exc))
         os._exit(0)
-    _serve(channel, namespace, program)
+    _serve(channel, module.__dict__, program)
 
 
 main()

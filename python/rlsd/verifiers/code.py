@@ -1,13 +1,16 @@
-"""Python code run against the example's tests: the solution in a bubblewrap sandbox, the tests on the host.
+"""Python code run against the example's tests: the solution and the tests in two sandboxes.
 
-The runner (``_runner.py``) executes the solution in the sandbox and answers requests over two
-pipes; assert-style tests are evaluated here (``judge``) on the plain values that come back, and
-stdin/stdout cases are compared here with the program's output, so the verdict rests on nothing
-the solution controls (see README.md here).
+The host starts two sandboxed processes and receives the verdict only: the solution's process
+(``_runner.py``) executes the code and answers requests; the tests' process (``_tests.py``) runs
+the tests (assert statements, or stdin/stdout cases) with its own pristine builtins, asking the
+solution's process for its names, calls and outputs over two pipes that are the solution's only
+channel, and writes the verdict on a third pipe that only it holds. The host evaluates nothing
+the solution produced (see README.md here).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import os
@@ -21,21 +24,23 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import Verdict, judge, register
-from ._plain import NotPlain, decode, dumps, encode, loads
-from .sandbox import bwrap_command, check_bwrap, python_executable
+from . import Verdict, register
+from ._plain import NotPlain, dumps, loads
+from .sandbox import JAIL, bwrap_command, check_bwrap, python_executable
 
 SANDBOXES = ("bwrap", "none")
 _HERE = Path(__file__).parent
-RUNNER = (_HERE / "_plain.py").read_text() + "\n" + (_HERE / "_runner.py").read_text()
-MAX_PROCS = 64          # processes and threads inside one sandbox
-MAX_REASON = 4096       # bytes of the runner's stderr kept
-MAX_REPLY = 1 << 20     # bytes of one answer of the runner (a returned value)
+_PLAIN = (_HERE / "_plain.py").read_text()
+RUNNER = "\n".join([_PLAIN, JAIL, (_HERE / "_runner.py").read_text()])  # the solution's process
+TESTS = "\n".join([_PLAIN, JAIL, (_HERE / "_tests.py").read_text()])    # the tests' process
+MAX_PROCS = 64          # threads inside one sandbox (the seccomp filter refuses new processes)
+MAX_REASON = 4096       # bytes of a process's stderr kept
+MAX_VERDICT = 1 << 16   # bytes of the verdict frame
 
 
 def extract_code(response: str) -> str:
-    """The last fenced code block (```python ... ```), or the whole response if there is none."""
-    blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", response, flags=re.S)
+    """The last fenced code block (```python, ```py, ```Python3 or a bare ```), or the whole response."""
+    blocks = re.findall(r"```(?:python3?|py)?[ \t]*\n(.*?)```", response, flags=re.S | re.I)
     return blocks[-1] if blocks else response
 
 
@@ -51,86 +56,44 @@ def check_sandbox(sandbox: str = "bwrap", **_) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-class SolutionError(Exception):
-    """What the solution raised (or why its process ended), as a test's failure."""
+class _Expired(Exception):
+    """The deadline passed before the verdict came."""
 
 
-def _reference(value):
-    return value.number if type(value) is judge.Handle else None
+def _wait(fd: int, event: int, deadline: float) -> None:
+    poller = select.poll()  # not select.select: descriptors past 1023 are common in a trainer
+    poller.register(fd, event)
+    left = deadline - time.monotonic()
+    if left <= 0 or not poller.poll(left * 1000):
+        raise _Expired
 
 
-class _Remote:
-    """The runner's process as the tests' ``remote``: one frame each way per request, within ``deadline``."""
+def _send(fd: int, message, deadline: float) -> None:
+    data = dumps(message)
+    data = b"%d\n%s" % (len(data), data)
+    os.set_blocking(fd, False)
+    while data:
+        _wait(fd, select.POLLOUT, deadline)
+        try:
+            data = data[os.write(fd, data):]
+        except BlockingIOError:
+            continue
 
-    def __init__(self, to_runner: int, from_runner: int, deadline: float):
-        self.to_runner, self.from_runner, self.deadline = to_runner, from_runner, deadline
-        self.buffer = b""
-        os.set_blocking(to_runner, False)
 
-    def _wait(self, fd: int, event: int) -> None:
-        poller = select.poll()  # not select.select: descriptors past 1023 are common in a trainer
-        poller.register(fd, event)
-        left = self.deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            raise judge.Timeout("no answer in time")
-
-    def send(self, message) -> None:
-        data = dumps(message)
-        data = b"%d\n%s" % (len(data), data)
-        while data:
-            self._wait(self.to_runner, select.POLLOUT)
-            try:
-                data = data[os.write(self.to_runner, data):]
-            except BlockingIOError:
-                continue
-            except BrokenPipeError:
-                raise SolutionError("the solution's process ended") from None
-
-    def _read(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            self._wait(self.from_runner, select.POLLIN)
-            chunk = os.read(self.from_runner, 1 << 16)
-            if not chunk:
-                raise SolutionError("the solution's process ended")
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def receive(self):
-        header = b""
-        while not header.endswith(b"\n"):
-            header += self._read(1)
-            if len(header) > 12:
-                raise SolutionError("malformed answer")
-        size = int(header) if header[:-1].isdigit() else -1
-        if not 0 <= size <= MAX_REPLY:
-            raise SolutionError(f"an answer longer than {MAX_REPLY} bytes, or malformed")
-        return loads(self._read(size))
-
-    def request(self, *message):
-        self.send(list(message))
-        reply = self.receive()
-        if type(reply) is list and len(reply) == 2 and reply[0] == "value":
-            return decode(reply[1])
-        if type(reply) is list and len(reply) == 2 and reply[0] == "handle" and type(reply[1]) is int:
-            return judge.Handle(reply[1])
-        if type(reply) is list and len(reply) == 2 and reply[0] == "error" and type(reply[1]) is str:
-            raise SolutionError(reply[1][:500])
-        raise NotPlain("malformed answer")
-
-    def get(self, name: str):
-        return self.request("get", name)
-
-    def attr(self, handle: judge.Handle, name: str):
-        return self.request("attr", handle.number, name)
-
-    def item(self, handle: judge.Handle, key):
-        return self.request("item", handle.number, encode(key))
-
-    def call(self, handle: judge.Handle, args: list, kwargs: dict):
-        """Handles may be passed as whole arguments; anything else must be plain data."""
-        return self.request("call", handle.number, [encode(a, _reference) for a in args],
-                            {k: encode(v, _reference) for k, v in kwargs.items()})
+def _receive(fd: int, deadline: float, limit: int):
+    """One frame from ``fd`` by ``deadline``; ``EOFError`` if the writer is gone first."""
+    data = b""
+    while True:
+        header, _, rest = data.partition(b"\n")
+        if _ and header.isdigit() and int(header) <= limit and len(rest) >= int(header):
+            return loads(rest[:int(header)])
+        if len(data) > limit + 16 or (_ and not (header.isdigit() and int(header) <= limit)):
+            raise NotPlain("malformed verdict")
+        _wait(fd, select.POLLIN, deadline)
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            raise EOFError
+        data += chunk
 
 
 def _last_line(err) -> str:
@@ -140,8 +103,12 @@ def _last_line(err) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def parse_tests(tests: str) -> judge.Program:
-    return judge.parse(tests)
+def parse_tests(tests: str) -> ast.Module:
+    """The tests' syntax tree; ``ValueError`` for a syntax error."""
+    try:
+        return ast.parse(tests, "<tests>")
+    except SyntaxError as exc:
+        raise ValueError(f"tests: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -151,100 +118,122 @@ class IOCase:
     output: str
 
 
-def same_output(got: str, expected: str) -> bool:
-    """Equal line by line, ignoring trailing whitespace on each line and trailing empty lines."""
-    def lines(text):
-        out = [line.rstrip() for line in text.splitlines()]
-        while out and not out[-1]:
-            out.pop()
-        return out
-    return lines(got) == lines(expected)
+@dataclass(frozen=True)
+class Limits:
+    """What one sandbox may use: wall clock ``timeout`` (s), address space ``memory_mb``, file size ``file_mb``."""
+    timeout: float = 5.0
+    memory_mb: int = 1024
+    file_mb: int = 1
+    sandbox: str = "bwrap"
 
-
-def _check_io(cases: list, remote: _Remote, deadline: float) -> None:
-    for number, case in enumerate(cases, 1):
-        got = remote.request("run", case.input)
-        if type(got) is not str:
-            raise judge.Failed(f"case {number}: the output is not text")
-        if not same_output(got, case.output):
-            raise judge.Failed(f"case {number}: wrong output")
+    def rlimits(self) -> str:
+        limits = {"CPU": math.ceil(self.timeout) + 1, "AS": self.memory_mb << 20, "FSIZE": self.file_mb << 20,
+                  "NOFILE": 64, "CORE": 0}
+        if self.sandbox == "bwrap":
+            limits["NPROC"] = MAX_PROCS  # counted per user namespace: only the sandbox's own processes
+        return ",".join(f"{k}={v}" for k, v in limits.items())
 
 
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
               sandbox: str = "bwrap") -> Verdict:
-    """Reward 1 iff every statement of ``tests``, evaluated here on what the solution ``code`` returns
-    in the sandbox, holds within ``timeout`` seconds. Tests that :mod:`judge` cannot run raise ``ValueError``."""
-    return _in_sandbox("module", code, parse_tests(tests).run, timeout, memory_mb, file_mb, sandbox)
+    """Reward 1 iff the Python ``tests`` (assert statements, ``unittest``...), run in their own sandbox
+    against the solution ``code`` in another, end without an error within ``timeout`` seconds."""
+    parse_tests(tests)
+    return _two_sandboxes(["asserts", code, tests], Limits(timeout, memory_mb, file_mb, sandbox))
 
 
 def run_io(code: str, cases: list, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
            sandbox: str = "bwrap") -> Verdict:
-    """Reward 1 iff the program ``code``, run once per :class:`IOCase` in the sandbox, prints each case's
-    output (:func:`same_output`, compared here) for its input, all within ``timeout`` seconds."""
-    return _in_sandbox("program", code, functools.partial(_check_io, cases), timeout, memory_mb, file_mb, sandbox)
+    """Reward 1 iff the program ``code``, run once per :class:`IOCase`, prints each case's output
+    (compared line by line, trailing whitespace ignored) for its input, all within ``timeout`` seconds."""
+    cases = [[case.input, case.output] for case in cases]
+    return _two_sandboxes(["io", code, cases], Limits(timeout, memory_mb, file_mb, sandbox))
 
 
-def _in_sandbox(kind: str, code: str, check, timeout: float, memory_mb: int, file_mb: int, sandbox: str) -> Verdict:
-    """Start the runner on ``code`` (``kind``: ``module`` or ``program``) and run ``check(remote, deadline)``."""
-    deadline = time.monotonic() + timeout
-    read_fd, write_fd = os.pipe()
-    argv = [python_executable(), "-I", "-S", "-B", "-c", RUNNER, str(write_fd)]
-    limits = {"CPU": math.ceil(timeout) + 1, "AS": memory_mb << 20, "FSIZE": file_mb << 20, "NOFILE": 64,
-              "CORE": 0}
-    if sandbox == "bwrap":
-        limits["NPROC"] = MAX_PROCS  # counted per user namespace: only the sandbox's own processes
-    argv += [",".join(f"{k}={v}" for k, v in limits.items())]
+def _start(script: str, args: list, stdin, fds: tuple, err, tmp: str, limits: Limits) -> subprocess.Popen:
+    mounts = "mounts" if limits.sandbox == "bwrap" else "no-mounts"  # _jail.jail's bounded tmpfs need the sandbox
+    argv = [python_executable(), "-I", "-S", "-B", "-c", script, *map(str, args), limits.rlimits(), mounts]
+    if limits.sandbox == "bwrap":
+        argv, env, cwd = bwrap_command(argv, check_bwrap()), {}, None
+    else:
+        env, cwd = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp}, tmp
+    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, pass_fds=fds, env=env,
+                            cwd=cwd, start_new_session=True)
+
+
+def _two_sandboxes(job: list, limits: Limits) -> Verdict:
+    """Start the solution's and the tests' processes, send the tests' process ``job`` and wait for
+    its verdict until ``limits.timeout`` has passed since the start; both are killed at the end."""
+    deadline = time.monotonic() + limits.timeout
+    to_solution, from_solution, verdict = os.pipe(), os.pipe(), os.pipe()
+    processes = []
     with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
-        if sandbox == "bwrap":
-            argv, env, cwd = bwrap_command(argv, check_bwrap()), {}, None
-        else:
-            env, cwd = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp}, tmp
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
-                                    pass_fds=(write_fd,), env=env, cwd=cwd, start_new_session=True)
-        except BaseException:
-            os.close(read_fd)
-            raise
+            solution_tmp = os.path.join(tmp, "solution")
+            os.mkdir(solution_tmp)
+            processes.append(_start(RUNNER, [from_solution[1]], to_solution[0], (from_solution[1],), err,
+                                    solution_tmp, limits))
+            fds = (to_solution[1], from_solution[0], verdict[1])
+            processes.append(_start(TESTS, fds, subprocess.PIPE, fds, err, tmp, limits))
+            for fd in (*to_solution, *from_solution, verdict[1]):
+                os.close(fd)
+            to_solution = from_solution = ()
+            _send(processes[1].stdin.fileno(), job, deadline)
+            answer = _receive(verdict[0], deadline, MAX_VERDICT)
+        except _Expired:
+            return Verdict(0.0, f"timeout after {limits.timeout}s")
+        except (EOFError, BrokenPipeError, NotPlain):
+            return Verdict(0.0, f"failed: the tests' process ended without a verdict{_last_line(err)}")
         finally:
-            os.close(write_fd)
-        try:
-            runner = _Remote(proc.stdin.fileno(), read_fd, deadline)
-            runner.send([kind, code])
-            started = runner.receive()
-            if started != ["ready"]:
-                error = started[1] if type(started) is list and len(started) == 2 and type(started[1]) is str else "?"
-                return Verdict(0.0, f"failed: the solution did not run: {error[:500]}")
-            check(runner, deadline)
-        except judge.Timeout:
-            return Verdict(0.0, f"timeout after {timeout}s")
-        except judge.Failed as exc:
-            return Verdict(0.0, f"failed: {exc}")
-        except (SolutionError, NotPlain) as exc:
-            return Verdict(0.0, f"failed: {exc}{_last_line(err)}")
-        finally:
-            os.close(read_fd)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            proc.stdin.close()
+            for fd in (*to_solution, *from_solution, verdict[0]):
+                os.close(fd)
+            for proc in processes:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if proc.stdin is not None:
+                    proc.stdin.close()
+    if answer == ["ok"]:
         return Verdict(1.0, "ok")
+    if type(answer) is list and len(answer) == 2 and answer[0] == "failed" and type(answer[1]) is str:
+        return Verdict(0.0, f"failed: {answer[1][:600]}")
+    return Verdict(0.0, "failed: malformed verdict")
 
 
-@register("code", check=check_sandbox)
+def tests_of(example):
+    """The example's tests: a list of :class:`IOCase`, or assert-style source. Raises ``ValueError``
+    for tests that could not fail (none, no ``assert``) or are malformed."""
+    tests = example.meta.get("tests", example.answer)
+    if isinstance(tests, list) and tests and all(isinstance(t, dict) for t in tests):
+        if not all(set(t) == {"input", "output"} and all(isinstance(v, str) for v in t.values()) for t in tests):
+            raise ValueError("tests: each stdin/stdout case needs exactly the keys 'input' and 'output', strings")
+        return [IOCase(t["input"], t["output"]) for t in tests]
+    if isinstance(tests, list) and tests and all(isinstance(t, str) for t in tests):
+        tests = "\n".join(tests)
+    if not isinstance(tests, str):
+        raise ValueError("tests: expected assert statements (a string or a list of strings) or a non-empty list of "
+                         f"{{'input': ..., 'output': ...}} cases, got {type(tests).__name__} {str(tests)[:60]!r}")
+    tree = parse_tests(tests)
+    if not any(isinstance(node, ast.Assert) or isinstance(node, ast.Call) and
+               getattr(node.func, "attr", getattr(node.func, "id", "")).startswith("assert") for node in ast.walk(tree)):
+        raise ValueError("tests: no assert statement (or assert... call), so they could not fail")
+    return tests
+
+
+def check_row(example, **_) -> None:
+    tests_of(example)
+
+
+@register("code", check=check_sandbox, row=check_row)
 def python_tests(response: str, example, timeout: float = 5.0, memory_mb: int = 1024, file_mb: int = 1,
                  sandbox: str = "bwrap") -> Verdict:
     """Reward 1 iff the tests (``example.meta['tests']``, else the answer) hold for the response's code
-    within ``timeout`` seconds: statements such as ``assert f(2) == 4`` (a string, or a list of
-    strings), or a list of ``{"input": ..., "output": ...}`` cases for a program that reads stdin."""
-    tests = example.meta.get("tests", example.answer)
+    within ``timeout`` seconds: Python such as ``assert f(2) == 4`` (a string, or a list of strings;
+    ``unittest`` too), or a list of ``{"input": ..., "output": ...}`` cases for a program that reads stdin."""
+    tests = tests_of(example)
     code = extract_code(response)
     if not code.strip():
         return Verdict(0.0, "malformed: no code")
-    if isinstance(tests, list) and tests and all(isinstance(t, dict) for t in tests):
-        if not all(set(t) == {"input", "output"} for t in tests):
-            raise ValueError("tests: each stdin/stdout case needs exactly the keys 'input' and 'output'")
-        cases = [IOCase(str(t["input"]), str(t["output"])) for t in tests]
-        return run_io(code, cases, timeout, memory_mb, file_mb, sandbox)
     if isinstance(tests, list):
-        tests = "\n".join(tests)
-    return run_tests(code, str(tests), timeout, memory_mb, file_mb, sandbox)
+        return run_io(code, tests, timeout, memory_mb, file_mb, sandbox)
+    return run_tests(code, tests, timeout, memory_mb, file_mb, sandbox)

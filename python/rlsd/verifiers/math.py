@@ -6,10 +6,11 @@ timeout cannot interrupt SymPy inside one long C call (``9^{9^{9^9}}``) and work
 
 from __future__ import annotations
 
+import math as _math
 import re
 
 from . import Verdict, register
-from ._pool import WorkerPool, WorkerTimeout
+from ._pool import WorkerFailed, WorkerPool
 
 MAX_CHARS = 100_000     # longer responses are refused before parsing
 POOL = WorkerPool(preload=("math_verify",))
@@ -50,23 +51,66 @@ def stated_answers(response: str) -> list:
     return []
 
 
+def _percent_as_value(expr):
+    """``expr`` with each percentage ``X%`` (math-verify's ``X * UnevaluatedExpr(1/100)``) as the number
+    ``X/100``, so that ``5\\%`` equals 0.05 and ``5\\%``, never 5."""
+    from math_verify.grader import get_pct_val
+    from sympy import Basic, Rational, UnevaluatedExpr
+
+    if not isinstance(expr, Basic):
+        return expr
+    marker = UnevaluatedExpr(Rational(1, 100))
+    return expr.replace(lambda e: get_pct_val(e, None) is not None and marker in e.args,
+                        lambda e: get_pct_val(e, e) / 100)
+
+
+def float_rounding(gold: list) -> int:
+    """Decimal places math-verify rounds floats to: its default 6, or more for a gold answer of
+    magnitude below 0.1, so that 6 significant digits are compared (``0.0`` is not ``1e-7``)."""
+    from sympy import Basic, Number
+
+    smallest = 1.0
+    for expr in gold:
+        if not isinstance(expr, Basic):
+            continue
+        values = [abs(x) for x in expr.atoms(Number)] + ([abs(expr.evalf())] if expr.is_number else [])
+        for value in values:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            if 0 < value < smallest:
+                smallest = value
+    return max(6, 5 - _math.floor(_math.log10(smallest)))
+
+
 def equivalent(response: str, answer: str, seconds: int) -> str:
     """'ok', 'wrong answer' or 'malformed: ...' (runs in a worker). Every stated final answer must
-    equal the reference: a response that hedges over several (``the answer is 1 or 2``) is wrong."""
+    equal the reference: a response that hedges over several (``the answer is 1 or 2``) is wrong.
+    Floats are compared to 6 significant digits for small references (:func:`float_rounding`), and
+    ``X%`` means ``X/100`` (:func:`_percent_as_value`)."""
     from math_verify import parse, verify
 
-    gold = parse(answer if "$" in answer else f"${answer}$", parsing_timeout=seconds)
-    pred = parse(response, parsing_timeout=seconds)
+    gold = [_percent_as_value(g) for g in parse(answer if "$" in answer else f"${answer}$", parsing_timeout=seconds)]
+    pred = [_percent_as_value(p) for p in parse(response, parsing_timeout=seconds)]
     if not pred:
         return "malformed: no mathematical answer found"
-    if not verify(gold, pred, timeout_seconds=seconds):
+    if not gold:
+        raise ValueError(f"math: the reference answer {answer[:50]!r} does not parse")
+    options = dict(float_rounding=float_rounding(gold), timeout_seconds=seconds)
+    if not verify(gold, pred, **options):
         return "wrong answer"
-    if not all(verify(gold, [value], timeout_seconds=seconds) for value in stated_answers(response)):
+    if not all(verify(gold, [_percent_as_value(value)], **options) for value in stated_answers(response)):
         return "wrong answer: the response states several different final answers"
     return "ok"
 
 
-@register("math")
+def check_row(example, **_) -> None:
+    if example.answer is None or not str(example.answer).strip():
+        raise ValueError("math: the answer is empty")
+
+
+@register("math", row=check_row)
 def math_answer(response: str, example, timeout: float = 10.0) -> Verdict:
     """Reward 1 iff the answer math-verify grades (the last one of its highest-priority kind) and every
     other final answer the response states (:func:`stated_answers`) are mathematically equal to the
@@ -76,6 +120,6 @@ def math_answer(response: str, example, timeout: float = 10.0) -> Verdict:
         return Verdict(0.0, f"malformed: response longer than {MAX_CHARS} characters")
     try:
         reason = POOL.run(equivalent, (response, str(example.answer), max(1, int(timeout / 3))), timeout)
-    except WorkerTimeout as exc:
+    except WorkerFailed as exc:
         return Verdict(0.0, str(exc))
     return Verdict(float(reason == "ok"), reason)

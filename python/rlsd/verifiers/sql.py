@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from . import Verdict, register
-from ._pool import WorkerPool, WorkerTimeout
+from ._pool import WorkerFailed, WorkerPool
 
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 _REFUSED_FUNCTIONS = {"load_extension"}
@@ -93,7 +93,15 @@ def compare(db: str, gold_query: str, query: str, timeout: float, max_rows: int,
     return "ok" if same else "different result set"
 
 
-@register("sql")
+def check_row(example, **_) -> None:
+    db = example.meta.get("db")
+    if not isinstance(db, str) or not db.strip():
+        raise ValueError("sql: the row has no 'db' (an SQL script or the path of an SQLite file)")
+    if not isinstance(example.answer, str) or not example.answer.strip():
+        raise ValueError("sql: the answer (the reference query) is empty")
+
+
+@register("sql", row=check_row)
 def sql_result_set(response: str, example, timeout: float = 5.0, ordered: bool = False,
                    max_rows: int = 100_000) -> Verdict:
     """Reward 1 iff the query returns the same rows as the reference (``example.answer``) on the
@@ -105,6 +113,6 @@ def sql_result_set(response: str, example, timeout: float = 5.0, ordered: bool =
     args = (example.meta["db"], str(example.answer), query, timeout, max_rows, ordered)
     try:
         reason = POOL.run(compare, args, 2 * timeout)
-    except WorkerTimeout as exc:
+    except WorkerFailed as exc:
         return Verdict(0.0, str(exc))
     return Verdict(float(reason == "ok"), reason)
