@@ -178,7 +178,7 @@ def trl(run: Run) -> str:
 def trl_child(out: str, device: str) -> None:
     """Two RLSDTrainer steps (generation, the teacher from the dataset's ``privileged`` column)."""
     import torch
-    sys.path.insert(0, str(ROOT / "tests" / "integrations"))
+    sys.path[:0] = [str(ROOT / "tests" / "integrations"), str(ROOT / "tests")]  # test_trl imports privileged_cases
     from test_trl import char_tokenizer, config, dataset, reward_digits, tiny_qwen3
     from rlsd_kernels.integrations.trl import RLSDTrainer
     tok = char_tokenizer()

@@ -43,7 +43,7 @@ def rollout(prompts, trainer):
 
 
 def train_one_step(out_dir, per_device_batch):
-    sys.path.insert(0, str(HERE))
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # test_trl imports privileged_cases from tests/
     from test_trl import char_tokenizer, config, dataset, reward_digits, tiny_qwen3
 
     from rlsd_kernels.integrations.trl import RLSDTrainer
