@@ -8,6 +8,8 @@ host, a graph break; shapes, dtypes, devices and scalar arguments are checked as
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import autograd, checks
@@ -61,29 +63,39 @@ def _options(options) -> RLSDOptions:
 
 def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None,
               bias=None, old_logprobs=None, ref_logprobs=None, temperature=1.0, token_weights=None,
-              credit_mask=None, compute_entropy=False, loss_agg="token-mean", normalizer=None, options=None,
-              impl="auto", memory_budget=None):
+              credit_mask=None, rollout_is_weights=None, compute_entropy=False, loss_agg="token-mean",
+              normalizer=None, options=None, impl="auto", memory_budget=None,
+              logprob_tolerance=checks.LOGPROB_TOLERANCE):
     """RLSD policy loss (docs/math.md): verifier sign, self-teacher magnitude; ``lam=0`` is GRPO/DAPO.
 
         delta = lp_T - lp_S;  w = exp(sign(A) delta);  Ahat = A ((1 - lam) + lam clamp(w, 1 - eps_w, 1 + eps_w))
         l_t   = max(-Ahat rho, -Ahat clamp(rho, 1 - eps_low, 1 + eps_high)),  rho = exp(lp_S - lp_old)
-        L     = sum_t agg_t token_weights_t (l_t + kl_coef KL_t - entropy_coef H_t)
+        L     = sum_t agg_t token_weights_t (r_t l_t + kl_coef KL_t - entropy_coef H_t)
 
+    (the surrogate l_t of ``options.policy_loss``: PPO's above, CISPO, SAPO or VESPO; the ratio per
+    token or per sequence, GSPO: docs/math.md). ``rollout_is_weights`` [B, T] (r_t >= 0): the
+    rollout engine's importance weights, e.g. vLLM's sampler against the trainer's policy.
     hidden [B, T, H] (student), weight [V, H], targets [B, T] ints, advantages [B] or [B, T], mask [B, T]
     of 0 and 1. The teacher enters as ``teacher_hidden`` [B, T, H] (its log-probs are taken in the
     same sweep) or precomputed ``teacher_logprobs`` [B, T], not both. The scalar options (lam, eps_w,
-    eps_low, eps_high, dual_clip, kl_coef, kl_type, entropy_coef, negative_only) come as one
+    eps_low, eps_high, dual_clip, kl_coef, kl_type, entropy_coef, negative_only and the variants) come as one
     :class:`~rlsd_kernels.RLSDOptions` (``options=``; None: the defaults, lam = 1). Returns
     ``(loss, metrics)``; metrics are detached 0-d tensors (credit_clip_frac, delta_mean,
     delta_abs_mean, ppo_clip_frac, approx_kl, and entropy_mean when the entropy is computed:
     ``entropy_coef != 0`` or ``compute_entropy``). ``memory_budget`` as in :func:`fused_linear_logprobs`.
+    ``logprob_tolerance``: old / ref log-probs above it at an unmasked token are refused (``math.inf``:
+    not checked, as in the drop-ins for other libraries, whose originals take any value); teacher
+    log-probs above 1e-4 always are.
     """
     options = _options(options)
+    if logprob_tolerance != math.inf:
+        checks.number(logprob_tolerance, "logprob_tolerance", low=0.0)
     compute_entropy = checks.flag(compute_entropy, "compute_entropy")
     impl, vocab_size, memory_budget = _impl(impl, weight, memory_budget)
     checks.loss_inputs(vocab_size, hidden, weight, targets, mask, bias, temperature, teacher_hidden, loss_agg, normalizer,
-                       teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                       token_weights=token_weights, credit_mask=credit_mask)
+                       logprob_tolerance, teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs,
+                       ref_logprobs=ref_logprobs, token_weights=token_weights, credit_mask=credit_mask,
+                       rollout_is_weights=rollout_is_weights)
     checks.floating(advantages, "advantages", (1, 2))
     if advantages.shape != targets.shape and tuple(advantages.shape) != tuple(targets.shape[:1]):
         raise ValueError(f"advantages must have shape [B] = {tuple(targets.shape[:1])} or [B, T] = "
@@ -98,7 +110,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
         teacher_hidden = teacher_logprobs = None  # GRPO: the teacher is not read
 
     optional = dict(teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                    token_weights=token_weights, credit_mask=credit_mask)
+                    token_weights=token_weights, credit_mask=credit_mask, rollout_is_weights=rollout_is_weights)
     token_loss = RLSDTokenLoss(options)
     loss, stats = autograd.sampled_token_loss(hidden, weight, bias, autograd.SampledLoss(
         token_loss, targets, mask, advantages, optional, teacher_hidden, 1.0 / temperature, loss_agg, normalizer,
@@ -166,6 +178,6 @@ class FusedLinearRLSDLoss(LamSchedulable, torch.nn.Module):
 
     def forward(self, hidden, weight, targets, advantages, mask, bias=None, **tensors):
         """``tensors``: teacher_hidden, teacher_logprobs, old_logprobs, ref_logprobs, token_weights,
-        credit_mask, normalizer."""
+        credit_mask, rollout_is_weights, normalizer."""
         return rlsd_loss(hidden, weight, targets, advantages, mask, bias=bias, **tensors, options=self.options,
                          **self.call_options)

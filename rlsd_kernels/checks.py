@@ -174,13 +174,13 @@ def mask(t, shape, device):
 LOGPROB_TOLERANCE = 1e-4  # a log-prob may exceed 0 by this much: the rounding of a low-precision log-softmax
 
 
-def logprobs(t, name: str, mask_):
-    """Log-probs are <= 0 (up to LOGPROB_TOLERANCE) wherever ``mask_`` counts the token; masked
-    positions may hold anything finite."""
-    if t is not None and t.numel():
-        _value_check(((t <= LOGPROB_TOLERANCE) | (mask_ == 0)).all(),
+def logprobs(t, name: str, mask_, tolerance=LOGPROB_TOLERANCE):
+    """Log-probs are <= 0 (up to ``tolerance``; inf: not checked) wherever ``mask_`` counts the
+    token; masked positions may hold anything finite."""
+    if t is not None and t.numel() and tolerance != math.inf:
+        _value_check(((t <= tolerance) | (mask_ == 0)).all(),
                      f"{name} must be log-probabilities (<= 0, with a rounding tolerance of "
-                     f"{LOGPROB_TOLERANCE:g}) at the unmasked tokens, got a larger value")
+                     f"{tolerance:g}) at the unmasked tokens, got a larger value")
 
 
 def normalizer(value, device):
@@ -201,9 +201,10 @@ def normalizer(value, device):
 
 
 def loss_inputs(vocab_size, hidden, weight, targets, mask_, bias, temperature, teacher_hidden, loss_agg, normalizer_,
-                **optional):
+                logprob_tolerance=LOGPROB_TOLERANCE, **optional):
     """The tensor arguments shared by the losses (``optional``: the optional [B, T] ones, by name;
-    ``vocab_size``: as in :func:`head`)."""
+    ``vocab_size``: as in :func:`head`; ``logprob_tolerance`` as in :func:`logprobs`, for the old and
+    reference log-probs)."""
     head(hidden, weight, bias, targets, temperature, 3, vocab_size)
     shape = targets.shape
     mask(mask_, shape, hidden.device)
@@ -219,7 +220,10 @@ def loss_inputs(vocab_size, hidden, weight, targets, mask_, bias, temperature, t
     for name, t in optional.items():
         per_token(t, name, shape, hidden.device)
         if name.endswith("logprobs"):
-            logprobs(t, name, mask_)
+            logprobs(t, name, mask_, logprob_tolerance if name in ("old_logprobs", "ref_logprobs") else LOGPROB_TOLERANCE)
+        if name == "rollout_is_weights" and t is not None and t.numel():
+            _value_check(((t >= 0) | (mask_ == 0)).all(), f"{name} must be >= 0 at the unmasked tokens (importance "
+                                                           "weights), got a negative value")
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
     normalizer(normalizer_, hidden.device)

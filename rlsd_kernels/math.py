@@ -19,6 +19,8 @@ import torch
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3")
+POLICY_LOSSES = ("ppo", "cispo", "sapo", "vespo")  # the surrogate of the token loss
+IS_LEVELS = ("token", "sequence", "sequence-token")  # the importance ratio per token, or per sequence (GSPO)
 LOG_RATIO_CLAMP = 20.0  # |lp - lp_old| beyond this is clamped before exp, as in veRL
 
 
@@ -43,6 +45,7 @@ def aggregation_weights(mask: torch.Tensor, loss_agg: str, normalizer=None, dtyp
     m = mask.to(dtype)
     if loss_agg == "seq-mean-token-mean":
         m = m / m.sum(-1, keepdim=True).clamp(min=1.0)
+
     if normalizer is not None:
         return m / torch.as_tensor(normalizer, dtype=dtype, device=m.device)
     return m / aggregation_denominator(mask, loss_agg).to(device=m.device, dtype=dtype).clamp(min=1.0)
@@ -81,21 +84,74 @@ def rlsd_credit(delta, adv, lam: float, eps_w: float, negative_only: bool = Fals
     return adv * ((1.0 - lam) + lam * c), w
 
 
-def clipped_surrogate(lp, lp_old, adv, eps_low: float, eps_high: float, dual_clip=None):
-    """PPO clipped surrogate per token, with optional dual clip (c > 1) for negative advantages.
+def importance_ratio(lp, lp_old):
+    """rho = exp(lp - lp_old), the log-ratio clamped to [-20, 20] first."""
+    return torch.exp((lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
-        rho = exp(lp - lp_old)
-        l   = max(-A rho, -A clamp(rho, 1 - eps_low, 1 + eps_high))
-        l   = min(l, -c A)   where A < 0        (dual clip)
+
+def clipped_surrogate(lp, lp_old, adv, eps_low: float, eps_high: float, dual_clip=None, delta=None):
+    """PPO clipped surrogate per token (:func:`ratio_surrogate` of ``rho = exp(lp - lp_old)``)."""
+    return ratio_surrogate(importance_ratio(lp, lp_old), adv, eps_low, eps_high, dual_clip, delta)
+
+
+def ratio_surrogate(rho, adv, eps_low: float, eps_high: float, dual_clip=None, delta=None):
+    """PPO clipped surrogate of the ratio ``rho``, with optional dual clip (c > 1) for negative
+    advantages and two-sided clipping ``delta`` (the unclipped ratio capped at delta):
+
+        l = max(-A min(rho, delta), -A clamp(rho, 1 - eps_low, 1 + eps_high))
+        l = min(l, -c A)   where A < 0        (dual clip)
     """
-    log_ratio = (lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    rho = torch.exp(log_ratio)
-    unclipped = -adv * rho
+    unclipped = -adv * (rho if delta is None else rho.clamp(max=delta))
     clipped = -adv * rho.clamp(1.0 - eps_low, 1.0 + eps_high)
     loss = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         loss = torch.where(adv < 0, torch.minimum(loss, -dual_clip * adv), loss)
     return loss
+
+
+def cispo_surrogate(lp, rho, adv, high: float, low=None):
+    """CISPO: ``l = -stopgrad(clamp(rho, low, high)) A lp``: the clipped importance weight scales a
+    plain policy gradient and carries no gradient itself (TRL and Liger: no lower bound and
+    ``high = eps_high``, not 1 + eps_high; veRL: [1 - eps_low, 1 + eps_high])."""
+    return -rho.detach().clamp(min=low, max=high) * adv * lp
+
+
+def sapo_surrogate(rho, adv, tau_pos: float, tau_neg: float):
+    """SAPO: ``l = -A (4 / tau) sigmoid(tau (rho - 1))``, tau = tau_pos where A > 0, tau_neg
+    elsewhere: a soft gate in place of the clip (its slope at rho = 1 is 1, as the PPO surrogate's)."""
+    tau = torch.where(adv > 0, torch.full_like(rho, tau_pos), torch.full_like(rho, tau_neg))
+    return -adv * torch.sigmoid(tau * (rho - 1.0)) * 4.0 / tau
+
+
+VESPO_LOG_W_MIN = -18.420680743952367  # log(1e-8)
+
+
+def vespo_weight(seq_log_ratio, adv, k_pos: float, lambda_pos: float, k_neg: float, lambda_neg: float):
+    """VESPO's gamma weight of a sequence (detached): with log w = clamp(seq_log_ratio, log 1e-8, 20)
+    and (k, lambda) = (k_pos, lambda_pos) where A >= 0, else (k_neg, lambda_neg) (lambda >= 1e-4),
+
+        phi = exp(lambda + k log w - lambda w)        (phi(1) = 1; NaN / inf give 0)
+    """
+    with torch.no_grad():
+        log_w = seq_log_ratio.clamp(VESPO_LOG_W_MIN, LOG_RATIO_CLAMP)
+        nonneg = adv >= 0
+        k = torch.where(nonneg, torch.full_like(log_w, k_pos), torch.full_like(log_w, k_neg))
+        lam = torch.where(nonneg, torch.full_like(log_w, lambda_pos), torch.full_like(log_w, lambda_neg)).clamp(min=1e-4)
+        phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+        return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def sequence_sum(x, seq, n_seqs: int):
+    """Per token, the sum of ``x`` over the tokens of its sequence (``seq``: each token's sequence
+    index in [0, n_seqs)); differentiable."""
+    total = x.new_zeros(n_seqs).index_add(0, seq.reshape(-1), x.reshape(-1))
+    return total[seq]
+
+
+def sequence_mean(x, valid, seq, n_seqs: int):
+    """Per token, the mean of ``x`` over the valid tokens of its sequence (0 for an empty one)."""
+    x = torch.where(valid, x, torch.zeros_like(x))
+    return sequence_sum(x, seq, n_seqs) / sequence_sum(valid.to(x.dtype), seq, n_seqs).clamp(min=1.0)
 
 
 def kl_penalty(lp, lp_ref, kl_type: str):

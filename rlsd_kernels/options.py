@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import checks
-from .math import KL_TYPES
+from .math import IS_LEVELS, KL_TYPES, POLICY_LOSSES
 
 
-def _kl_type(value, name):
-    if value not in KL_TYPES:
-        raise ValueError(f"{name} must be one of {KL_TYPES}, got {value!r}")
-    return value
+def _one_of(choices):
+    def rule(value, name):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        return value
+    return rule
 
 
 # field -> its rule: the value as stored, or a ValueError / TypeError naming the field
@@ -32,10 +34,29 @@ RULES = {
     "eps_high": lambda v, n: checks.number(v, n, low=0.0),
     "dual_clip": lambda v, n: None if v is None else checks.number(v, n, low=1.0, low_open=True),
     "kl_coef": lambda v, n: checks.number(v, n, low=0.0),
-    "kl_type": _kl_type,
+    "kl_type": _one_of(KL_TYPES),
     "entropy_coef": lambda v, n: checks.number(v, n),  # any sign: < 0 penalises the entropy
     "negative_only": lambda v, n: checks.flag(v, n),
+    "policy_loss": _one_of(POLICY_LOSSES),
+    "is_level": _one_of(IS_LEVELS),
+    "delta": lambda v, n: None if v is None else checks.number(v, n, low=0.0, low_open=True),
+    "kl_is_corrected": lambda v, n: checks.flag(v, n),
+    "sapo_tau_pos": lambda v, n: checks.number(v, n, low=0.0, low_open=True),
+    "sapo_tau_neg": lambda v, n: checks.number(v, n, low=0.0, low_open=True),
+    "vespo_k_pos": lambda v, n: checks.number(v, n, low=0.0),
+    "vespo_lambda_pos": lambda v, n: checks.number(v, n, low=0.0),
+    "vespo_k_neg": lambda v, n: checks.number(v, n, low=0.0),
+    "vespo_lambda_neg": lambda v, n: checks.number(v, n, low=0.0),
 }
+
+
+def _combination(o: "RLSDOptions"):
+    """The rules between fields (a ValueError naming the field that does not fit)."""
+    if o.is_level != "token" and o.policy_loss != "ppo":
+        raise ValueError(f"is_level={o.is_level!r} (GSPO) needs policy_loss='ppo', got policy_loss={o.policy_loss!r}")
+    for name in ("dual_clip", "delta"):
+        if getattr(o, name) is not None and o.policy_loss != "ppo":
+            raise ValueError(f"{name} applies to policy_loss='ppo' only, got policy_loss={o.policy_loss!r}")
 
 
 @dataclass(frozen=True)
@@ -43,12 +64,18 @@ class RLSDOptions:
     """Options of the RLSD loss (docs/math.md):
 
         Ahat = A ((1 - lam) + lam clamp(exp(sign(A) delta), 1 - eps_w, 1 + eps_w))
-        l_t  = max(-Ahat rho, -Ahat clamp(rho, 1 - eps_low, 1 + eps_high)), <= -dual_clip Ahat for A < 0
-        L    = sum_t agg_t w_t (l_t + kl_coef KL_t - entropy_coef H_t)
+        l_t  = max(-Ahat min(rho, delta), -Ahat clamp(rho, 1 - eps_low, 1 + eps_high)),
+               <= -dual_clip Ahat for A < 0                                  (policy_loss "ppo")
+        L    = sum_t agg_t w_t (r_t l_t + kl_coef KL_t [rho_t] - entropy_coef H_t)
 
     lam in [0, 1] (0: GRPO, the teacher is not read); eps_w, eps_low in [0, 1); eps_high >= 0;
-    dual_clip None or > 1; kl_coef >= 0 with kl_type k1 | k2 | k3; entropy_coef any finite number
-    (> 0 rewards the entropy, < 0 penalises it); negative_only: reweight only responses with A < 0.
+    dual_clip None or > 1; delta None or > 0; kl_coef >= 0 with kl_type k1 | k2 | k3;
+    entropy_coef any finite number (> 0 rewards the entropy, < 0 penalises it); negative_only:
+    reweight only responses with A < 0. The variants (docs/math.md, "Policy-loss variants"), each
+    with Ahat in place of A: policy_loss "cispo" (eps_high is then the weight's upper bound, e.g. 5),
+    "sapo" (sapo_tau_pos / _neg > 0), "vespo" (vespo_k_* >= 0, vespo_lambda_* >= 0); is_level
+    "sequence" / "sequence-token": GSPO's per-sequence ratio (policy_loss "ppo" only); kl_is_corrected: KL_t times
+    the importance ratio. r_t: the rollout engine's importance weights (``rollout_is_weights``).
     """
 
     lam: float = 1.0
@@ -60,10 +87,21 @@ class RLSDOptions:
     kl_type: str = "k3"
     entropy_coef: float = 0.0
     negative_only: bool = False
+    policy_loss: str = "ppo"
+    is_level: str = "token"
+    delta: Optional[float] = None
+    kl_is_corrected: bool = False
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
 
     def __post_init__(self):
         for name, rule in RULES.items():
             object.__setattr__(self, name, rule(getattr(self, name), name))
+        _combination(self)
         # the fields as one string, for the losses' custom ops (schema: str): made once, here, so
         # torch.compile reads a constant instead of tracing json
         object.__setattr__(self, "encoded", json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}))
@@ -93,6 +131,11 @@ class RLSDOptions:
     @property
     def needs_teacher(self) -> bool:
         return self.lam != 0.0
+
+    @property
+    def needs_all_rows(self) -> bool:
+        """Whether a token's loss depends on its sequence's other tokens (GSPO's ratio, VESPO's weight)."""
+        return self.is_level != "token" or self.policy_loss == "vespo"
 
     @property
     def needs_entropy_grad(self) -> bool:

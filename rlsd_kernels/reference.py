@@ -36,7 +36,7 @@ def _teacher_logprobs(teacher_hidden, teacher_logprobs, weight, targets, bias, t
 
 def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None, bias=None,
               old_logprobs=None, ref_logprobs=None, temperature=1.0, token_weights=None, credit_mask=None,
-              compute_entropy=False, loss_agg="token-mean", normalizer=None, options=None):
+              rollout_is_weights=None, compute_entropy=False, loss_agg="token-mean", normalizer=None, options=None):
     """RLSD (lam > 0) / GRPO (lam = 0) loss and metrics, eagerly; ``options`` an RLSDOptions."""
     options = RLSDOptions() if options is None else options
     targets = targets.long()
@@ -47,7 +47,7 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
     teacher_logprobs = _teacher_logprobs(teacher_hidden, teacher_logprobs, weight, targets, bias, temperature)
     tok = token_inputs(mask, advantages, loss_agg, normalizer, lp.dtype, teacher_logprobs=teacher_logprobs,
                        old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, token_weights=token_weights,
-                       credit_mask=credit_mask)
+                       credit_mask=credit_mask, rollout_is_weights=rollout_is_weights)
     token_loss = RLSDTokenLoss(options)
     loss = token_loss(lp, ent, tok).sum()
     return loss, token_loss.metrics(lp.detach(), None if ent is None else ent.detach(), tok)

@@ -18,8 +18,9 @@ from typing import Optional
 
 import torch
 
-from .math import (LOG_RATIO_CLAMP, aggregation_weights, clipped_surrogate, kl_penalty, masked_mean,
-                   rlsd_credit)
+from .math import (LOG_RATIO_CLAMP, VESPO_LOG_W_MIN, aggregation_weights, cispo_surrogate, importance_ratio,
+                   kl_penalty, masked_mean, ratio_surrogate, rlsd_credit, sapo_surrogate, sequence_mean, sequence_sum,
+                   vespo_weight)
 from .options import RLSDOptions
 
 Tensor = torch.Tensor
@@ -29,26 +30,31 @@ Tensor = torch.Tensor
 class TokenInputs:
     """Detached per-token inputs; ``agg`` carries the mask and the aggregation's normaliser,
     ``valid`` which tokens count in the metrics, ``seq`` (int64) the sequence of each row (its
-    index b in [0, B), for per-sequence sums); the rest are None when not given."""
+    index b in [0, ``n_seqs``), for per-sequence sums); the rest are None when not given.
+    ``rollout_is_weights``: the rollout engine's importance weights (e.g. vLLM's sampler against
+    the trainer's policy), which multiply the surrogate only."""
 
     agg: Tensor
     valid: Tensor
     seq: Optional[Tensor] = None
+    n_seqs: int = 0
     adv: Optional[Tensor] = None
     teacher_logprobs: Optional[Tensor] = None
     old_logprobs: Optional[Tensor] = None
     ref_logprobs: Optional[Tensor] = None
     token_weights: Optional[Tensor] = None
     credit_mask: Optional[Tensor] = None
+    rollout_is_weights: Optional[Tensor] = None
 
     @staticmethod
     def optional_names() -> tuple:
         """The optional per-token inputs a caller passes by name (``token_inputs``' keywords)."""
-        return tuple(f.name for f in dataclasses.fields(TokenInputs) if f.name not in ("agg", "valid", "seq", "adv"))
+        return tuple(f.name for f in dataclasses.fields(TokenInputs)
+                     if f.name not in ("agg", "valid", "seq", "n_seqs", "adv"))
 
     def slice(self, rows) -> "TokenInputs":
         """The same inputs for ``rows`` (a slice or an index) of each tensor."""
-        return TokenInputs(**{f.name: None if (t := getattr(self, f.name)) is None else t[rows]
+        return TokenInputs(**{f.name: t[rows] if isinstance(t := getattr(self, f.name), Tensor) else t
                               for f in dataclasses.fields(self)})
 
     def replace(self, **changes) -> "TokenInputs":
@@ -113,7 +119,7 @@ def token_inputs(mask, advantages, loss_agg, normalizer, dtype, rows: Optional[R
     seq = torch.arange(mask.shape[0], device=mask.device).unsqueeze(-1).expand(mask.shape)
     return TokenInputs(agg=take(aggregation_weights(mask, loss_agg, normalizer, dtype)),
                        valid=valid if rows is None else rows.valid(),
-                       seq=seq if rows is None else rows.ids(seq),
+                       seq=seq if rows is None else rows.ids(seq), n_seqs=mask.shape[0],
                        **{k: None if t is None else take(t) for k, t in given.items()})
 
 
@@ -146,7 +152,10 @@ class RLSDTokenLoss(TokenLoss):
     """The RLSD loss of ``options`` (docs/math.md), per token:
 
         Ahat_t = rlsd_credit(lp_T - lp, A)          (A itself when lam = 0)
-        l_t    = agg_t w_t (clipped_surrogate(lp, lp_old, Ahat) + kl_coef KL_t - entropy_coef H_t)
+        l_t    = agg_t w_t (r_t surrogate(rho_t, Ahat_t) + kl_coef KL_t [rho_t] - entropy_coef H_t)
+
+    with the surrogate of ``options.policy_loss`` (PPO's clip, CISPO, SAPO, VESPO) and the ratio
+    rho_t of ``options.is_level`` (per token, or GSPO's per sequence).
     """
 
     name = "rlsd"
@@ -154,6 +163,7 @@ class RLSDTokenLoss(TokenLoss):
     def __init__(self, options: RLSDOptions):
         self.options = options
         self.needs_entropy_grad = options.needs_entropy_grad
+        self.needs_all_rows = options.needs_all_rows
         self.encoded = options.encoded
 
     @classmethod
@@ -166,16 +176,53 @@ class RLSDTokenLoss(TokenLoss):
         if o.needs_teacher:
             adv, _ = rlsd_credit(tok.teacher_logprobs - lp.detach(), adv, o.lam, o.eps_w, o.negative_only,
                                  tok.credit_mask)
-        lp_old = tok.old_logprobs
-        loss = clipped_surrogate(lp, lp.detach() if lp_old is None else lp_old, adv, o.eps_low, o.eps_high,
-                                 o.dual_clip)
+        lp_old = lp.detach() if tok.old_logprobs is None else tok.old_logprobs
+        rho = self._ratio(lp, lp_old, tok)
+        if o.policy_loss == "ppo":
+            loss = ratio_surrogate(rho, adv, o.eps_low, o.eps_high, o.dual_clip, o.delta)
+        elif o.policy_loss == "cispo":
+            loss = cispo_surrogate(lp, rho, adv, o.eps_high)
+        elif o.policy_loss == "sapo":
+            loss = sapo_surrogate(rho, adv, o.sapo_tau_pos, o.sapo_tau_neg)
+        else:  # vespo
+            loss = -self._vespo_phi(lp, lp_old, tok) * adv * lp
+        if tok.rollout_is_weights is not None and o.policy_loss != "vespo":  # VESPO folds them into phi
+            loss = loss * tok.rollout_is_weights
         if o.kl_coef != 0.0:
-            loss = loss + o.kl_coef * kl_penalty(lp, tok.ref_logprobs, o.kl_type)
+            kl = kl_penalty(lp, tok.ref_logprobs, o.kl_type)
+            if o.kl_is_corrected:  # the ratio before any clip, with its gradient
+                kl = kl * rho
+            loss = loss + o.kl_coef * kl
         if o.needs_entropy_grad:
             loss = loss - o.entropy_coef * ent
         if tok.token_weights is not None:
             loss = loss * tok.token_weights
         return tok.agg * loss
+
+    def _ratio(self, lp, lp_old, tok):
+        """The importance ratio of the surrogate, per token: ``exp(lp - lp_old)`` (is_level
+        "token"), or the sequence's s_i = exp(mean over its valid tokens of lp - lp_old) (GSPO):
+        "sequence" differentiates s_i itself (every token of i gets the sequence's mean gradient,
+        as TRL and Liger do), "sequence-token" is s_i in value with the gradient of the token's own
+        ratio, ``exp(stopgrad(log s_i) + lp - stopgrad(lp))`` (GSPO-token, as veRL does), so a
+        per-token Ahat_t keeps its token. With one A and one weight per sequence the two agree."""
+        level = self.options.is_level
+        if level == "token":
+            return importance_ratio(lp, lp_old)
+        log_ratio = (lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        log_s = sequence_mean(log_ratio, tok.valid, tok.seq, tok.n_seqs)
+        return torch.exp(log_s if level == "sequence" else log_s.detach() + lp - lp.detach())
+
+    def _vespo_phi(self, lp, lp_old, tok):
+        """VESPO's phi of each token's sequence: log w = sum over its valid tokens of lp - lp_old
+        (clamped to [-20, 20] per token) plus log r_t (the rollout weights, clamped to [log 1e-8, 20])."""
+        o = self.options
+        with torch.no_grad():
+            log_w = (lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+            if tok.rollout_is_weights is not None:
+                log_w = log_w + torch.log(tok.rollout_is_weights).clamp(VESPO_LOG_W_MIN, LOG_RATIO_CLAMP)
+            log_w = sequence_sum(torch.where(tok.valid, log_w, torch.zeros_like(log_w)), tok.seq, tok.n_seqs)
+            return vespo_weight(log_w, tok.adv, o.vespo_k_pos, o.vespo_lambda_pos, o.vespo_k_neg, o.vespo_lambda_neg)
 
     def metrics(self, lp, ent, tok: TokenInputs) -> dict:
         """Detached scalar diagnostics over valid tokens (``tok.valid``); no host sync."""
@@ -195,15 +242,22 @@ class RLSDTokenLoss(TokenLoss):
                 out["credit_clip_high_frac"] = masked_mean(high.float(), credited)
                 out["credit_clip_frac"] = out["credit_clip_low_frac"] + out["credit_clip_high_frac"]
             lp_old = lp if tok.old_logprobs is None else tok.old_logprobs
-            rho = torch.exp((lp - lp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-            out["ppo_clip_low_frac"] = masked_mean(((rho < 1 - o.eps_low) & (adv < 0)).float(), valid)
-            out["ppo_clip_high_frac"] = masked_mean(((rho > 1 + o.eps_high) & (adv > 0)).float(), valid)
+            rho = importance_ratio(lp, lp_old)
+            ratio = self._ratio(lp, lp if tok.old_logprobs is None else tok.old_logprobs, tok)  # the surrogate's
+            low, high = ratio < 1 - o.eps_low, ratio > 1 + o.eps_high  # the clips' bounds: "ppo"
+            if o.policy_loss == "cispo":
+                low, high = torch.zeros_like(low), ratio > o.eps_high
+            elif o.policy_loss in ("sapo", "vespo"):  # no clip
+                low = high = torch.zeros_like(low)
+            out["ppo_clip_low_frac"] = masked_mean((low & (adv < 0)).float(), valid)
+            out["ppo_clip_high_frac"] = masked_mean((high & (adv > 0)).float(), valid)
             out["ppo_clip_frac"] = out["ppo_clip_low_frac"] + out["ppo_clip_high_frac"]
             out["approx_kl"] = masked_mean(rho - 1.0 - torch.log(rho), valid)  # k3 of KL(pi_old || pi)
             if ent is not None:
                 out["entropy_mean"] = masked_mean(ent, valid)
-            if tok.ref_logprobs is not None:
-                out["ref_kl"] = masked_mean(kl_penalty(lp, tok.ref_logprobs, o.kl_type), valid)
+            if tok.ref_logprobs is not None:  # the KL term as the loss takes it
+                kl = kl_penalty(lp, tok.ref_logprobs, o.kl_type)
+                out["ref_kl"] = masked_mean(kl * ratio if o.kl_is_corrected else kl, valid)
             return out
 
 

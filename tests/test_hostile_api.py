@@ -754,14 +754,28 @@ def test_mask_values_other_than_zero_and_one_are_refused(value, dtype):
             call()
 
 
-def test_liger_adapter_refuses_the_same_values():
+def test_liger_adapter_refuses_the_same_values_by_liger_names():
+    """The drop-in refuses what rlsd_loss refuses, naming Liger's argument; like Liger it takes old
+    log-probs slightly above 0 (Liger's own tests add noise to real ones)."""
     liger = pytest.importorskip("rlsd_kernels.integrations.liger")
     case = small()
     module = liger.FusedLinearRLSDLigerLoss(beta=0.0, use_ref_model=False, impl="chunked")
     args = (case.hidden, case.weight, case.targets, case.mask, case.advantages)
-    with pytest.raises(ValueError, match="old_logprobs"):
-        module(*args, old_per_token_logps=_above_zero(case, -torch.rand_like(case.mask)),
+    module(*args, old_per_token_logps=_above_zero(case, -torch.rand_like(case.mask)),
+           teacher_input=case.extra["teacher_hidden"])
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        module(*args, teacher_logprobs=_above_zero(case, -torch.rand_like(case.mask)))
+    with pytest.raises(ValueError, match="not both"):
+        module(*args, teacher_input=case.extra["teacher_hidden"], teacher_logprobs=-torch.rand_like(case.mask))
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 and 1"):
+        module(case.hidden, case.weight, case.targets, 2 * case.mask, case.advantages,
                teacher_input=case.extra["teacher_hidden"])
+    with pytest.raises(ValueError, match="vllm_is_ratio must be >= 0"):
+        module(*args, teacher_input=case.extra["teacher_hidden"], vllm_is_ratio=-torch.ones_like(case.mask))
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        liger.FusedLinearRLSDLigerLoss(loss_type="cispo", importance_sampling_level="sequence")
+    with pytest.raises(ValueError, match="sapo_temperature_neg"):
+        liger.FusedLinearRLSDLigerLoss(loss_type="sapo", sapo_temperature_neg=0.0)
     with pytest.raises(ValueError, match="teacher_logprobs"):
         module(*args, teacher_logprobs=_above_zero(case, -torch.rand_like(case.mask)))
     with pytest.raises(ValueError, match="not both"):

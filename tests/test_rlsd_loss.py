@@ -56,6 +56,10 @@ def _token_weights(case):
     return _with(token_weights=torch.rand_like(case.mask))(case)
 
 
+def _rollout_weights(case):
+    return _with(rollout_is_weights=torch.rand_like(case.mask) + 0.5)(case)
+
+
 def _credit_mask(case):
     return _with(credit_mask=(torch.rand_like(case.mask) > 0.5).float())(case)
 
@@ -84,6 +88,20 @@ OPTIONS = {
     "credit_mask": ({}, _credit_mask),
     "teacher_logprobs": ({}, _teacher_logprobs),
     "per_token_adv": ({}, _per_token_adv),
+    # the policy-loss variants (docs/math.md), each with the RLSD credit (lam = 1)
+    "gspo": (dict(is_level="sequence"), None),
+    "gspo_token": (dict(is_level="sequence-token"), None),
+    "gspo_token_adv": (dict(is_level="sequence-token"), _per_token_adv),
+    "delta": (dict(delta=1.1), None),
+    "cispo": (dict(policy_loss="cispo", eps_high=2.0), None),
+    "sapo": (dict(policy_loss="sapo", sapo_tau_pos=2.0, sapo_tau_neg=0.5), None),
+    "vespo": (dict(policy_loss="vespo", vespo_k_pos=1.5, vespo_lambda_pos=1.0, vespo_k_neg=1.0,
+                   vespo_lambda_neg=0.5), None),
+    "kl_is_corrected": (dict(kl_coef=0.1, kl_is_corrected=True), None),
+    "kl_is_corrected_gspo": (dict(kl_coef=0.1, kl_is_corrected=True, is_level="sequence"), None),
+    "rollout_is_weights": ({}, _rollout_weights),
+    "vespo_rollout_is_weights": (dict(policy_loss="vespo", vespo_lambda_pos=1.0, vespo_lambda_neg=0.5),
+                                 _rollout_weights),
 }
 
 

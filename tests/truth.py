@@ -6,6 +6,8 @@ gradients by autograd on these plain torch operations. The signatures are those 
 functions (without ``impl``), so the same test helpers call either.
 """
 
+import math
+
 import torch
 
 
@@ -82,9 +84,13 @@ def _kl(x, kl_type):
 
 def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None, teacher_logprobs=None, bias=None,
               old_logprobs=None, ref_logprobs=None, temperature=1.0, token_weights=None, credit_mask=None,
-              compute_entropy=False, loss_agg="token-mean", normalizer=None, lam=1.0, eps_w=0.2, eps_low=0.2,
-              eps_high=0.28, dual_clip=None, kl_coef=0.0, kl_type="k3", entropy_coef=0.0, negative_only=False):
-    """L = sum_t agg_t kappa_t (l_t + kl_coef KL_t - entropy_coef H_t) and the metrics of docs/math.md."""
+              rollout_is_weights=None, compute_entropy=False, loss_agg="token-mean", normalizer=None, lam=1.0, eps_w=0.2,
+              eps_low=0.2, eps_high=0.28, dual_clip=None, kl_coef=0.0, kl_type="k3", entropy_coef=0.0,
+              negative_only=False, policy_loss="ppo", is_level="token", delta=None, kl_is_corrected=False,
+              sapo_tau_pos=1.0, sapo_tau_neg=1.05, vespo_k_pos=2.0, vespo_lambda_pos=3.0, vespo_k_neg=3.0,
+              vespo_lambda_neg=2.0):
+    """L = sum_t agg_t kappa_t (r_t l_t + kl_coef KL_t [rho_t] - entropy_coef H_t) and the metrics of
+    docs/math.md, with l_t the surrogate of ``policy_loss`` on the ratio of ``is_level``."""
     shape = targets.shape
     logp = _logp(hidden, weight, bias, temperature)
     lp = _pick(logp, targets).reshape(shape)
@@ -100,8 +106,8 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
         if teacher_logprobs is None:
             with torch.no_grad():
                 teacher_logprobs = _pick(_logp(teacher_hidden, weight, bias, temperature), targets).reshape(shape)
-        delta = (_f64(teacher_logprobs) - lp).detach()
-        w = torch.exp(torch.sign(A) * delta)
+        log_ratio_T = (_f64(teacher_logprobs) - lp).detach()
+        w = torch.exp(torch.sign(A) * log_ratio_T)
         c = torch.clamp(w, 1 - eps_w, 1 + eps_w)
         keep = torch.zeros(shape, dtype=torch.bool)  # tokens left out of the reweighting: c = 1
         if negative_only:
@@ -111,36 +117,77 @@ def rlsd_loss(hidden, weight, targets, advantages, mask, *, teacher_hidden=None,
         c = torch.where(keep, torch.ones_like(c), c)
         ahat = A * ((1 - lam) + lam * c)
         credited = valid & (A != 0)
-        metrics["delta_mean"] = _mean(delta, valid)
-        metrics["delta_abs_mean"] = _mean(delta.abs(), valid)
-        metrics["delta_std"] = torch.sqrt(_mean((delta - metrics["delta_mean"]) ** 2, valid))
+        metrics["delta_mean"] = _mean(log_ratio_T, valid)
+        metrics["delta_abs_mean"] = _mean(log_ratio_T.abs(), valid)
+        metrics["delta_std"] = torch.sqrt(_mean((log_ratio_T - metrics["delta_mean"]) ** 2, valid))
         metrics["credit_clip_low_frac"] = _mean((w < 1 - eps_w).double(), credited)
         metrics["credit_clip_high_frac"] = _mean((w > 1 + eps_w).double(), credited)
         metrics["credit_clip_frac"] = metrics["credit_clip_low_frac"] + metrics["credit_clip_high_frac"]
 
-    # the clipped surrogate
+    # the importance ratio: per token, or per sequence (GSPO), one sequence at a time
     lp_old = lp.detach() if old_logprobs is None else _f64(old_logprobs)
     log_rho = torch.clamp(lp - lp_old, -20.0, 20.0)
     rho = torch.exp(log_rho)
-    l = torch.maximum(-ahat * rho, -ahat * torch.clamp(rho, 1 - eps_low, 1 + eps_high))
-    if dual_clip is not None:
-        l = torch.where(ahat < 0, torch.minimum(l, -dual_clip * ahat), l)
+    ratio = rho
+    if is_level != "token":
+        rows = []
+        for b in range(shape[0]):
+            n_b = max(int(valid[b].sum()), 1)
+            log_s = log_rho[b][valid[b]].sum() / n_b
+            if is_level == "sequence":  # s_b differentiated as itself
+                rows.append(torch.exp(log_s).expand(shape[1]))
+            else:  # "sequence-token": s_b in value, the token's own ratio's gradient
+                rows.append(torch.exp(log_s.detach() + lp[b] - lp[b].detach()))
+        ratio = torch.stack(rows)
+    r = 1.0 if rollout_is_weights is None else _f64(rollout_is_weights)
+
+    # the surrogate
+    if policy_loss == "ppo":
+        capped = ratio if delta is None else torch.clamp(ratio, max=delta)
+        l = torch.maximum(-ahat * capped, -ahat * torch.clamp(ratio, 1 - eps_low, 1 + eps_high))
+        if dual_clip is not None:
+            l = torch.where(ahat < 0, torch.minimum(l, -dual_clip * ahat), l)
+        l = r * l
+    elif policy_loss == "cispo":
+        l = r * (-torch.clamp(ratio.detach(), max=eps_high) * ahat * lp)
+    elif policy_loss == "sapo":
+        tau = torch.where(A > 0, torch.full_like(ratio, sapo_tau_pos), torch.full_like(ratio, sapo_tau_neg))
+        l = r * (-ahat * torch.sigmoid(tau * (ratio - 1)) * 4 / tau)
+    else:  # vespo: phi of the sequence's summed log-ratio (plus log r), detached
+        log_r = torch.zeros(shape, dtype=torch.float64) if rollout_is_weights is None else \
+            torch.clamp(torch.log(_f64(rollout_is_weights)), math.log(1e-8), 20.0)
+        phi = torch.zeros(shape, dtype=torch.float64)
+        for b in range(shape[0]):
+            log_w = (log_rho[b].detach() + log_r[b])[valid[b]].sum()
+            log_w = torch.clamp(log_w, math.log(1e-8), 20.0)
+            for t in range(shape[1]):  # (k, lambda) by the sign of the token's advantage
+                k, lam_t = (vespo_k_pos, vespo_lambda_pos) if A[b, t] >= 0 else (vespo_k_neg, vespo_lambda_neg)
+                lam_t = max(lam_t, 1e-4)
+                phi[b, t] = torch.exp(lam_t + k * log_w - lam_t * torch.exp(log_w))
+        l = -phi * ahat * lp
     if kl_coef != 0.0:
-        l = l + kl_coef * _kl(torch.clamp(_f64(ref_logprobs) - lp, -20.0, 20.0), kl_type)
+        kl = _kl(torch.clamp(_f64(ref_logprobs) - lp, -20.0, 20.0), kl_type)
+        l = l + kl_coef * (kl * ratio if kl_is_corrected else kl)
     if entropy_coef != 0.0:
         l = l - entropy_coef * ent
     kappa = 1.0 if token_weights is None else _f64(token_weights)
     loss = (_agg(mask, loss_agg, normalizer) * kappa * l).sum()
 
-    rho, log_rho = rho.detach(), log_rho.detach()
-    metrics["ppo_clip_low_frac"] = _mean(((rho < 1 - eps_low) & (A < 0)).double(), valid)
-    metrics["ppo_clip_high_frac"] = _mean(((rho > 1 + eps_high) & (A > 0)).double(), valid)
+    rho, log_rho, ratio = rho.detach(), log_rho.detach(), ratio.detach()
+    low, high = ratio < 1 - eps_low, ratio > 1 + eps_high
+    if policy_loss == "cispo":
+        low, high = torch.zeros_like(low), ratio > eps_high
+    elif policy_loss != "ppo":  # SAPO, VESPO: no clip
+        low, high = torch.zeros_like(low), torch.zeros_like(high)
+    metrics["ppo_clip_low_frac"] = _mean((low & (A < 0)).double(), valid)
+    metrics["ppo_clip_high_frac"] = _mean((high & (A > 0)).double(), valid)
     metrics["ppo_clip_frac"] = metrics["ppo_clip_low_frac"] + metrics["ppo_clip_high_frac"]
     metrics["approx_kl"] = _mean(rho - 1 - log_rho, valid)
     if compute_entropy or entropy_coef != 0.0:
         metrics["entropy_mean"] = _mean(ent.detach(), valid)
     if ref_logprobs is not None:
-        metrics["ref_kl"] = _mean(_kl(torch.clamp(_f64(ref_logprobs) - lp.detach(), -20.0, 20.0), kl_type), valid)
+        kl = _kl(torch.clamp(_f64(ref_logprobs) - lp.detach(), -20.0, 20.0), kl_type)
+        metrics["ref_kl"] = _mean(kl * ratio if kl_is_corrected else kl, valid)
     return loss, metrics
 
 

@@ -19,30 +19,35 @@ Two hooks of ``GRPOTrainer``:
   teacher context under ``torch.no_grad()`` (a live self-teacher: the current weights), then
   ``rlsd_loss`` on ``lm_head.weight``: the logits are never materialised.
 
-With ``lam = 0`` the loss is TRL's GRPO loss; the loss types map to aggregations as
+With ``lam = 0`` the loss is TRL's GRPO loss; the loss types map to surrogates (``policy_loss``:
+``cispo``, ``sapo``, ``vespo`` are their own, the rest PPO's clip) and aggregations as
 
 ==========  =========================================  =================================================
 loss_type   TRL                                        here (normalizer D, ga = accumulation steps)
 ==========  =========================================  =================================================
-grpo        mean_b (sum_t l m / n_b) / ga              seq-mean-token-mean, D = B ga
+grpo, sapo  mean_b (sum_t l m / n_b) / ga              seq-mean-token-mean, D = B ga
 bnpo        sum(l m) / sum(m) / ga                     token-mean, D = sum(m) ga
 dr_grpo     sum(l m) / (B max_completion_length) / ga  seq-mean-token-sum-norm, D = B max_len ga
-dapo        sum(l m) / (num_items / processes          token-mean, D = num_items / processes
-            x ga / steps_per_generation)               x ga / steps_per_generation (in training)
+luspo       mean_b (sum_t l m) / ga                    seq-mean-token-sum-norm, D = B ga
+dapo,       sum(l m) / (num_items / processes          token-mean, D = num_items / processes
+cispo,      x ga / steps_per_generation)               x ga / steps_per_generation (in training)
+vespo
 ==========  =========================================  =================================================
 
-The KL term (``beta``) is k3 to ``ref_per_token_logps``, ``delta`` is applied as the dual clip (the
-same loss when ``delta > 1 + epsilon_high``), and vLLM's importance-sampling ratio is a per-token
-weight (``beta = 0`` only: TRL leaves the KL term unweighted). Not provided (raise at construction):
-loss types cispo/sapo/vespo/luspo, sequence-level importance sampling, the off-policy mask, the
-high-entropy token mask, the entropy bonus, the bias-corrected KL (TRL's default
-``use_bias_correction_kl=True`` matters only with ``beta != 0``: set it to False), the MoE auxiliary loss,
-vision-language models and LM heads with logit scaling or soft-capping.
+GRPOConfig's ``importance_sampling_level`` ("sequence": GSPO, the ratio's gradient shared by the
+sequence, as TRL), ``delta`` (two-sided clipping), ``use_bias_correction_kl``, ``sapo_*`` and
+``vespo_*`` become the fields of ``RLSDOptions`` of the same meaning; the KL term (``beta``) is k3
+to ``ref_per_token_logps``; vLLM's importance-sampling ratio multiplies the surrogate
+(``rollout_is_weights``; VESPO folds it into its weight, its per-sequence sum of log-ratios spread
+over the valid tokens). Old and reference log-probs are taken as given, as TRL does. Not provided
+(raise at construction): the off-policy mask, the high-entropy token mask, the entropy bonus, the
+MoE auxiliary loss, vision-language models and LM heads with logit scaling or soft-capping.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import types
 
 import torch
@@ -53,7 +58,7 @@ from trl.trainer.utils import pad
 from ..api import rlsd_loss
 from ..privileged import PRIVILEGED_TEMPLATE, privileged_prompt
 from ..options import LamSchedulable, RLSDOptions
-from .loss_types import LOSS_TYPES
+from .loss_types import LOSS_TYPES, policy_loss, rollout_weights
 
 
 _LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
@@ -96,28 +101,28 @@ class RLSDTrainer(LamSchedulable, GRPOTrainer):
         add_hidden_forward(self.model.get_base_model() if is_peft_model(self.model) else self.model)
 
     def _with_trl_settings(self, options: RLSDOptions) -> RLSDOptions:
-        """``options`` with TRL's PPO settings, read where GRPOTrainer reads them (at each loss), so
-        a change to ``beta`` or ``epsilon_*`` acts as it does in TRL; ``lam`` and the RLSD fields
-        are the trainer's own ``options``."""
-        return options.replace(eps_low=self.epsilon_low, eps_high=self.epsilon_high, dual_clip=self.args.delta,
-                               kl_coef=self.beta)
+        """``options`` with TRL's policy-loss settings, read where GRPOTrainer reads them (at each
+        loss), so a change to ``beta`` or ``epsilon_*`` acts as it does in TRL; ``lam`` and the RLSD
+        fields are the trainer's own ``options``."""
+        args, policy = self.args, policy_loss(self.loss_type)
+        return options.replace(
+            eps_low=self.epsilon_low, eps_high=self.epsilon_high, kl_coef=self.beta, policy_loss=policy,
+            is_level=self.importance_sampling_level, delta=args.delta if policy == "ppo" else None,
+            kl_is_corrected=bool(args.use_bias_correction_kl), sapo_tau_pos=args.sapo_temperature_pos,
+            sapo_tau_neg=args.sapo_temperature_neg, vespo_k_pos=args.vespo_k_pos,
+            vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
+            vespo_lambda_neg=args.vespo_lambda_neg)
 
     def _check_supported(self):
         args = self.args
         text_config = self.model.config.get_text_config()
         unsupported = {
             f"loss_type={self.loss_type!r}": self.loss_type not in LOSS_TYPES,
-            "importance_sampling_level='sequence'": self.importance_sampling_level != "token",
             "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
             "top_entropy_quantile < 1": self.top_entropy_quantile < 1.0,
             "the entropy bonus": self._entropy_bonus_enabled,
-            "use_bias_correction_kl with beta != 0": args.use_bias_correction_kl and self.beta != 0.0,
             "the MoE auxiliary loss": self.aux_loss_enabled,
             "vision-language models": self._is_vlm,
-            f"delta <= 1 + epsilon_high = {1 + self.epsilon_high}": args.delta is not None
-            and not args.delta > 1 + self.epsilon_high,
-            "vLLM importance sampling with beta != 0": self.use_vllm and self.vllm_importance_sampling_correction
-            and self.beta != 0.0,
             "logit scaling or soft-capping": any(getattr(text_config, k, None) is not None for k in _LOGIT_SCALES),
         }
         names = [name for name, bad in unsupported.items() if bad]
@@ -150,7 +155,7 @@ class RLSDTrainer(LamSchedulable, GRPOTrainer):
 
     def _normalizer(self, mask, inputs, mode):
         ga = self.current_gradient_accumulation_steps if mode == "train" else 1
-        if self.loss_type == "grpo":
+        if self.loss_type in ("grpo", "sapo", "luspo"):
             return mask.size(0) * ga
         if self.loss_type == "bnpo":
             return mask.sum().clamp(min=1.0) * ga
@@ -176,15 +181,15 @@ class RLSDTrainer(LamSchedulable, GRPOTrainer):
                 teacher_hidden = self._completion_hidden(model, inputs["teacher_prompt_ids"],
                                                          inputs["teacher_prompt_mask"], completion_ids,
                                                          completion_mask).to(head.weight.dtype)
-        token_weights = None
+        rollout = None
         if self.use_vllm and self.vllm_importance_sampling_correction:
-            token_weights = inputs["importance_sampling_ratio"].expand(mask.shape)
+            rollout = rollout_weights(inputs["importance_sampling_ratio"], mask, self.loss_type)
         loss, metrics = rlsd_loss(
             hidden.to(head.weight.dtype), head.weight, completion_ids, inputs["advantages"], mask,
             teacher_hidden=teacher_hidden, bias=head.bias, old_logprobs=inputs.get("old_per_token_logps"),
             ref_logprobs=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, temperature=self.temperature,
-            options=options, token_weights=token_weights, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
-            normalizer=self._normalizer(mask, inputs, mode), impl=self.impl)
+            options=options, rollout_is_weights=rollout, compute_entropy=True, loss_agg=LOSS_TYPES[self.loss_type],
+            normalizer=self._normalizer(mask, inputs, mode), impl=self.impl, logprob_tolerance=math.inf)
         self._log_rlsd_metrics(metrics, mode)
         return loss
 

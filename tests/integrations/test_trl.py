@@ -131,6 +131,38 @@ def test_matches_grpo_trainer_at_lam_zero(trainers, loss_type, old, beta):
                                                                          rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.parametrize("variant", [dict(loss_type="cispo", epsilon_high=2.0), dict(loss_type="sapo"),
+                                     dict(loss_type="vespo"), dict(loss_type="luspo", importance_sampling_level="sequence"),
+                                     dict(importance_sampling_level="sequence"),
+                                     dict(loss_type="grpo", importance_sampling_level="sequence"),
+                                     dict(beta=0.04, use_bias_correction_kl=True), dict(delta=1.1)])
+def test_variants_match_grpo_trainer_at_lam_zero(trainers, variant):
+    """GRPOConfig's other loss types, GSPO, the bias-corrected KL and two-sided clipping: loss and
+    gradients equal TRL's at lam = 0."""
+    trl_trainer, rlsd_trainer, tok = trainers
+    args = trl_trainer.args  # shared by both trainers; restored after
+    saved = {k: getattr(args, k) for k in ("use_bias_correction_kl", "delta")}
+    attrs = dict(dict(loss_type="dapo", beta=0.0, importance_sampling_level="token", epsilon_high=0.28),
+                 **{k: v for k, v in variant.items() if k not in saved})
+    try:
+        for k in saved:
+            setattr(args, k, variant.get(k, saved[k]))
+        for t in (trl_trainer, rlsd_trainer):
+            configure(t, **attrs)
+        inputs = prepared_batch(tok, old=True, ref=attrs["beta"] != 0)
+        want_loss, want_grads = loss_and_grads(trl_trainer, inputs)
+        got_loss, got_grads = loss_and_grads(rlsd_trainer, inputs)
+    finally:
+        for k, v in saved.items():
+            setattr(args, k, v)
+        for t in (trl_trainer, rlsd_trainer):
+            configure(t, importance_sampling_level="token", epsilon_high=0.28)
+    torch.testing.assert_close(got_loss, want_loss, **TOL)
+    assert got_grads.keys() == want_grads.keys()
+    for name, g in got_grads.items():
+        torch.testing.assert_close(g, want_grads[name], **TOL, msg=lambda m: f"{name}: {m}")
+
+
 def test_rlsd_loss_uses_the_teacher_prompt(trainers):
     """The loss at lam > 0 equals the RLSD surrogate of TRL's own per-token log-probs of the
     completion after the student prompt and after the teacher prompt."""
@@ -167,8 +199,8 @@ def test_rlsd_loss_uses_the_teacher_prompt(trainers):
 
 def test_unsupported_options_raise(tmp_path):
     tok = char_tokenizer()
-    with pytest.raises(NotImplementedError, match="cispo"):
-        RLSDTrainer(tiny_qwen3(len(tok)), reward_digits, args=config(tmp_path, loss_type="cispo"),
+    with pytest.raises(NotImplementedError, match="top_entropy_quantile"):
+        RLSDTrainer(tiny_qwen3(len(tok)), reward_digits, args=config(tmp_path, top_entropy_quantile=0.5),
                     train_dataset=dataset(), processing_class=tok)
 
 

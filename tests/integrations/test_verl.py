@@ -13,6 +13,7 @@ from verl.workers.config import ActorConfig  # noqa: E402
 
 from rlsd_kernels.integrations.verl import (AGG_MODES, RLSDPolicyLoss, logprobs_from_hidden, register,  # noqa: E402
                                             teacher_log_probs)
+from rlsd_kernels.math import rlsd_credit  # noqa: E402
 
 B, T = 5, 11
 
@@ -73,6 +74,38 @@ def test_registered_loss_at_lam_zero_is_vanilla(mode, info, is_weights):
         got = loss_and_grad(core_algos.get_policy_loss_fn("rlsd"), lp, old, adv, mask, **kwargs)
     assert_same(got, want)
     assert want[1]["actor/pg_clipfrac_lower"] > 0 and want[1]["actor/pg_clipfrac"] > 0
+
+
+@pytest.mark.parametrize("policy", ["gspo", "cispo", "sapo"])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("is_weights", [False, True])
+def test_registered_variants_at_lam_zero_are_verls(policy, mode, is_weights):
+    """register(f"rlsd_{policy}", policy=policy) at lam = 0 is veRL's loss of that name: value,
+    gradient and metrics."""
+    register(f"rlsd_{policy}", lam=0.0, policy=policy)
+    lp, old, adv, mask, teacher = batch()
+    w = torch.rand(B, T) + 0.5 if is_weights else None
+    kwargs = dict(loss_agg_mode=mode, config=actor_config(), rollout_is_weights=w)
+    want = loss_and_grad(core_algos.get_policy_loss_fn(policy), lp, old, adv, mask, **kwargs)
+    got = loss_and_grad(core_algos.get_policy_loss_fn(f"rlsd_{policy}"), lp, old, adv, mask, **kwargs)
+    assert_same(got, want)
+    other = loss_and_grad(vanilla, lp, old, adv, mask, **kwargs)
+    assert (other[2] - want[2]).abs().max() > 1e-4, "the variant differs from vanilla on this batch"
+
+
+@pytest.mark.parametrize("policy", ["vanilla", "gspo", "cispo", "sapo"])
+def test_rlsd_credit_composes_with_every_policy(policy):
+    """At lam > 0 each registered variant is veRL's loss of the credited advantage Ahat, for the
+    per-token losses (the credit is per token, and so are they); GSPO-token too, whose gradient
+    reaches each token through its own ratio."""
+    lp, old, adv, mask, teacher = batch()
+    loss = RLSDPolicyLoss(lam=0.8, eps_w=0.3, policy=policy)
+    config = actor_config()
+    ahat, _ = rlsd_credit((teacher - lp).detach(), adv, 0.8, 0.3)
+    want = loss_and_grad(core_algos.get_policy_loss_fn(policy), lp, old, ahat, mask, "token-mean", config)
+    got = loss_and_grad(loss, lp, old, adv, mask, "token-mean", config, teacher_log_prob=teacher)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("lam", [0.5, 1.0])
