@@ -1,8 +1,9 @@
 """Where the GPU time of the fused RLSD loss goes: `python -m benchmarks.gpu_profile [--quick]`.
 
 For each GPU target head (bf16, CUDA): the GEMM alone (bf16 and float32 results), the fused loss
-with several memory budgets, its statistics and gradient sweeps apart, `fused_linear_logprobs`
-forward + backward next to cut-cross-entropy's `linear_cross_entropy` (when installed), and the
+with several memory budgets, its statistics and gradient sweeps apart, the tiled impls
+(``triton-tiled``, ``triton-tma`` and the latter's forward and backward kernels apart),
+`fused_linear_logprobs` forward + backward next to cut-cross-entropy's `linear_cross_entropy` (when installed), and the
 ten costliest kernels of one fused step (torch.profiler). CUDA events, median of ``--reps`` after
 a warm-up; peak = max allocated above the inputs. The notes in benchmarks/NOTES.md cite its output.
 """
@@ -58,17 +59,17 @@ def cases(h, ht, w, y, adv, T):
     mask = torch.ones(B, T, device="cuda")
     leaves = lambda: (h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_())  # noqa: E731
 
-    def loss(budget=None):
+    def loss(budget=None, impl="auto"):
         def run():
             hh, ww = leaves()
             out, _ = rk.rlsd_loss(hh.view(B, T, H), ww, y.view(B, T), adv, mask, teacher_hidden=ht.view(B, T, H),
-                                  memory_budget=budget)
+                                  memory_budget=budget, impl=impl)
             out.backward()
         return run
 
-    backend = get_backend("triton")
+    backend, tma = get_backend("triton"), get_backend("triton-tma")
     call = HeadCall(h, w, None, y, 1.0, teacher_hidden=ht, need_grad=True, need_weight_grad=True)
-    stats = backend.stats(call)
+    stats, tma_stats = backend.stats(call), tma.stats(call)
     g_lp = torch.randn(N, device="cuda") / N
 
     def logprobs():
@@ -89,6 +90,10 @@ def cases(h, ht, w, y, adv, T):
         "statistics sweep (student + teacher)": lambda: backend.stats(call),
         "gradient sweep": lambda: backend.backward(call, stats, g_lp, None),
         "fused_linear_logprobs fwd+bwd": logprobs,
+        "rlsd loss, impl triton-tiled": loss(impl="triton-tiled"),
+        "rlsd loss, impl triton-tma": loss(impl="triton-tma"),
+        "triton-tma forward (student + teacher)": lambda: tma.stats(call),
+        "triton-tma backward (dh and dW kernels)": lambda: tma.backward(call, tma_stats, g_lp, None),
     }
     if z32 is not None:
         out["gemm h W^T (fp32 out)"] = lambda: torch.mm(h, w.T, out_dtype=torch.float32, out=z32)

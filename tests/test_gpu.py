@@ -18,7 +18,7 @@ if not torch.cuda.is_available() or interpreted():
     pytest.skip("needs a CUDA GPU with TRITON_INTERPRET unset or 0", allow_module_level=True)
 
 CUDA = torch.device("cuda")
-GPU_IMPLS = [i for i in available_impls() if i in ("chunked", "triton", "triton-tiled")]
+GPU_IMPLS = [i for i in available_impls() if i in ("chunked", "triton", "triton-tiled", "triton-tma")]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 GPU_TOL = {**TOL, torch.float32: 1e-4}  # cuBLAS / Triton float32 GEMMs sum in another order than the CPU's
 

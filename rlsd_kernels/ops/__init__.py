@@ -5,6 +5,8 @@
 - ``cpp``:          the same chunk loop with fused C++/OpenMP epilogues from ``csrc/`` (CPU)
 - ``triton``:       the same chunk loop with Triton epilogues; bf16/fp16 tensor-core GEMMs on CUDA
 - ``triton-tiled``: fully tiled Triton kernels: no logits buffer at all, the lowest-memory mode
+- ``triton-tma``:   the tiled kernels with TMA operand loads and 128 x 128 tiles for Hopper (not yet
+                    measured on a GPU, so ``auto`` does not pick it)
 Triton backends need CUDA (or ``TRITON_INTERPRET=1`` on the CPU).
 
 A backend crosses the losses' custom ops (``rlsd_kernels.autograd``) as a string: a name above, or
@@ -22,7 +24,7 @@ from .chunked import TORCH_EPILOGUES, ChunkedHead, Epilogues
 from .eager import EagerHead
 from .triton import interpreted as triton_interpreted
 
-FUSED = ("chunked", "cpp", "triton", "triton-tiled")
+FUSED = ("chunked", "cpp", "triton", "triton-tiled", "triton-tma")
 IMPLS = ("eager",) + FUSED
 MIN_CHUNK_ROWS = 64  # below this many rows per chunk ``auto`` prefers the tiled kernels on CUDA
 
@@ -76,7 +78,7 @@ def get_backend(name: str) -> HeadBackend:
         if not cpp.available():
             raise RuntimeError(f"impl='cpp' is not available here: {cpp.unavailable_reason()}")
         return ChunkedHead("cpp", Epilogues(cpp.row_stats, cpp.dlogits_))
-    if name in ("triton", "triton-tiled"):
+    if name in ("triton", "triton-tiled", "triton-tma"):
         from . import triton
 
         if not triton.available():
@@ -85,6 +87,10 @@ def get_backend(name: str) -> HeadBackend:
             from .triton.head import TritonTiledHead
 
             return TritonTiledHead()
+        if name == "triton-tma":
+            from .triton.head import TritonTmaHead
+
+            return TritonTmaHead()
         from .triton import epilogue
 
         return ChunkedHead("triton", Epilogues(epilogue.row_stats, epilogue.dlogits_))
