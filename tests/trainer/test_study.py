@@ -129,6 +129,15 @@ def test_paired_interval_and_minimum_detectable_effect():
     assert p.mean == pytest.approx(1.0) and p.hi - p.mean == pytest.approx(stats.t.ppf(0.975, 7) * se)
     assert p.mde == pytest.approx((2.3646 + 0.8960) * se, rel=1e-3)
     assert (p.wins, p.ties, p.losses) == (5, 2, 1)
+    assert p.p == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def test_holm_adjustment():
+    """Holm on three p-values: sorted 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (monotone), capped at 1."""
+    from rlsd.demo.regimes import holm
+    assert holm({"a": 0.04, "b": 0.01, "c": 0.02}) == pytest.approx({"a": 0.04, "b": 0.03, "c": 0.04})
+    assert holm({"a": 0.6, "b": 0.5}) == pytest.approx({"a": 1.0, "b": 1.0})
+    assert holm({"a": 0.03}) == pytest.approx({"a": 0.03})
 
 
 def test_regime_summary_pairs_by_seed_and_censors_unreached_runs():

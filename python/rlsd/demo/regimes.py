@@ -81,6 +81,18 @@ class Paired:
     wins: int
     ties: int
     losses: int
+    p: float = float("nan")   # two-sided paired t-test of mean 0
+    p_holm: Optional[float] = None  # ``p`` adjusted for the comparisons tested at one warm start (Holm)
+
+
+def holm(ps: dict) -> dict:
+    """Holm's step-down adjustment of the p-values ``ps`` {name: p}: the k-th smallest (from 0) is
+    multiplied by (m - k), made monotone and capped at 1."""
+    out, running = {}, 0.0
+    for k, (name, p) in enumerate(sorted(ps.items(), key=lambda kv: kv[1])):
+        running = max(running, min(1.0, (len(ps) - k) * p))
+        out[name] = running
+    return out
 
 
 def paired(diffs: list) -> Paired:
@@ -91,8 +103,12 @@ def paired(diffs: list) -> Paired:
     se = sd / n ** 0.5
     t975 = stats.t.ppf(0.975, n - 1) if n > 1 else float("nan")
     mde = (t975 + stats.t.ppf(0.80, n - 1)) * se if n > 1 else float("nan")
+    if n > 1 and se > 0:
+        p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    else:
+        p = float("nan") if n < 2 else float(mean == 0)
     return Paired(n, mean, sd, mean - t975 * se, mean + t975 * se, mde, sum(d > 0 for d in diffs),
-                  sum(d == 0 for d in diffs), sum(d < 0 for d in diffs))
+                  sum(d == 0 for d in diffs), sum(d < 0 for d in diffs), p)
 
 
 @dataclass
@@ -139,6 +155,9 @@ def summarize_strength(runs: dict, warm: float, steps: int, eval_every: int, tai
                 if any(x.reach is not None for x in [per[s] for s in both] + [g[s] for s in both]):
                     e.vs_grpo["reach"] = paired([(per[s].reach or censor) - (g[s].reach or censor) for s in both])
         out[a] = e
+    tested = {a: e.vs_grpo["final"].p for a, e in out.items() if "final" in e.vs_grpo}  # the primary metric
+    for a, p in holm(tested).items():
+        out[a].vs_grpo["final"].p_holm = p
     return {"warm": 100 * warm, "threshold": 100 * thr, "arms": out}
 
 
@@ -164,17 +183,18 @@ def regimes_text(summary: dict) -> str:
     for name, reg in summary["strengths"].items():
         lines += ["", f"{name}: warm start {reg['warm']:.1f}%, reach threshold {reg['threshold']:.1f}%",
                   f"{'arm':>18} | {'n':>2} | {'final':>12} | {'auc':>5} | {'reached':>7} | {'reach med':>9} | "
-                  f"{'clip %: A!=0 / all':>18} | {'final - grpo [95% CI] mde':>30} | {'W/T/L':>6} | "
+                  f"{'clip %: A!=0 / all':>18} | {'final - grpo [95% CI] mde':>30} | {'p Holm':>6} | {'W/T/L':>6} | "
                   f"{'auc - grpo [95% CI] mde':>28} | {'reach - grpo [95% CI]':>28}"]
         for a, e in reg["arms"].items():
             v = e["vs_grpo"]
             clip = f"{e['clip_credited']:.2f} / {e['clip_all']:.2f}" if e["clip_credited"] is not None else ""
             wtl = f"{v['final']['wins']}/{v['final']['ties']}/{v['final']['losses']}" if v else ""
             reach = "-" if e["reach_median"] is None else f"{e['reach_median']:.0f}"
+            holm_p = "" if not v or v["final"].get("p_holm") is None else f"{v['final']['p_holm']:.3f}"
             lines.append(
                 f"{a:>18} | {len(e['seeds']):>2} | {e['final_mean']:>5.1f} +- {e['final_sd']:>3.1f} | "
                 f"{e['auc_mean']:>5.1f} | {e['reached']:>3}/{len(e['seeds']):<3} | {reach:>9} | {clip:>18} | "
-                f"{_fmt(v.get('final')):>30} | {wtl:>6} | {_fmt(v.get('auc')):>28} | {_fmt(v.get('reach'), 0):>28}")
+                f"{_fmt(v.get('final')):>30} | {holm_p:>6} | {wtl:>6} | {_fmt(v.get('auc')):>28} | {_fmt(v.get('reach'), 0):>28}")
     return "\n".join(lines).lstrip("\n")
 
 
