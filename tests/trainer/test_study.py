@@ -240,3 +240,30 @@ def test_run_jobs_marks_finished_runs_and_reports_failed_ones(tmp_path):
     assert lines and "bad/seed0: FAILED" in lines[0] and not (run_dir / "done").exists()
     with pytest.raises(RuntimeError, match="run failed"):
         run_jobs([job], 1, lines.append, str(tmp_path), resumable=False)
+
+
+@pytest.mark.parametrize("starts", [1, 2, 4])
+def test_regime_plot_has_no_empty_panel(tmp_path, monkeypatch, starts):
+    """With one or two warm starts the differences and clip fractions are drawn per arm (arms on
+    the x-axis, every panel drawn); with three or more, against the warm start's accuracy."""
+    import dataclasses
+    import matplotlib.figure
+    from rlsd.demo.regimes import plot_regimes, summarize_strength
+    up, flat = {0: 0.4, 5: 0.7, 10: 0.8}, {0: 0.4, 5: 0.5, 10: 0.6}
+    runs = {"grpo": {s: regime_records(flat) for s in range(3)},
+            "rlsd-authors-trace": {s: regime_records(up, clip=0.02) for s in range(3)}}
+    strengths = {}
+    for name in ["weak", "middle", "good", "strong"][:starts]:
+        reg = summarize_strength(runs, 0.4, steps=10, eval_every=5, tail=1)
+        reg["arms"] = {a: dataclasses.asdict(e) for a, e in reg["arms"].items()}
+        strengths[name] = reg
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    plot_regimes({"strengths": strengths}, str(tmp_path / "r.png"))
+    visible = [ax for ax in saved[0].axes if ax.axison]
+    assert all(ax.has_data() for ax in visible)
+    if starts < 3:
+        assert len(visible) == starts + 2
+        assert [t.get_text() for t in visible[starts].get_xticklabels()] == ["rlsd-authors-trace"]
+    else:
+        assert len(visible) == starts + 3 and visible[starts].get_xlabel() == "warm-start held-out accuracy (%)"
