@@ -57,6 +57,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_gym_data(args) -> int:
+    from .data import write_jsonl
+    from .gym_tasks import gym_examples
+    examples = gym_examples(args.task, args.size, args.seed)
+    write_jsonl(args.out, [e.to_row() for e in examples])
+    with_solution = sum(e.solution is not None for e in examples)
+    print(f"{len(examples)} {args.task} examples (seed {args.seed}; {with_solution} with a worked solution as the "
+          f"privileged context) -> {args.out}")
+    return 0
+
+
 def cmd_study(args) -> int:
     from .demo.arms import ARMS, STUDY_ARMS
     from .demo.warmup import WarmupConfig
@@ -132,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--retrain-warm-start", action="store_true",
                    help="GRPO, OPSD and RLSD from a warm start trained here (cached) instead of the comparison")
     d.set_defaults(fn=cmd_demo)
+
+    g = sub.add_parser("gym-data", help="write a reasoning-gym task's examples as training rows (JSONL)")
+    g.add_argument("task", help="a reasoning-gym task, e.g. gsm_symbolic, basic_arithmetic, chain_sum")
+    g.add_argument("--size", type=int, default=1000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.set_defaults(fn=cmd_gym_data)
 
     s = sub.add_parser("study", help="GRPO vs OPSD vs RLSD (the authors' settings and lam = 1), many seeds, paired")
     s.add_argument("--out", default=None,
