@@ -107,6 +107,40 @@ def _dz_tile(
     return dz
 
 
+@triton.jit
+def _online_softmax(acc, b_ptr, cols64, col_mask, y, inv_tau, m, l, t, tgt,
+                    HAS_BIAS: tl.constexpr, COMPUTE_ENT: tl.constexpr):
+    """One vocabulary tile of the online statistics of s = (acc + b) * inv_tau per row: the running
+    max m, sum-exp l, entropy term t = sum_v e^{s-m} (s-m) (rescaled as m moves:
+    t' = a (t + (m - m') l), a = e^{m-m'}) and the target's s. Returns the updated (m, l, t, tgt)."""
+    if HAS_BIAS:
+        acc = acc + tl.load(b_ptr + cols64, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    s = tl.where(col_mask[None, :], acc * inv_tau, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    alpha = tl.exp(m - m_new)
+    d = s - m_new[:, None]
+    e = tl.exp(d)  # 0 on masked columns
+    if COMPUTE_ENT:
+        t = alpha * (t + (m - m_new) * l) + tl.sum(e * tl.where(col_mask[None, :], d, 0.0), axis=1)  # no 0 * -inf
+    l = l * alpha + tl.sum(e, axis=1)
+    tgt += tl.sum(tl.where(cols64[None, :] == y[:, None], s, 0.0), axis=1)
+    return m_new, l, t, tgt
+
+
+@triton.jit
+def _store_stats(lp_ptr, lse_ptr, ent_ptr, lpt_ptr, rows64, row_mask, m, l, t, tgt, m_t, l_t, tgt_t,
+                 HAS_TEACHER: tl.constexpr, COMPUTE_ENT: tl.constexpr):
+    """lse = m + log l, lp = tgt - lse, ent = log l - t / l and the teacher's lp, per row."""
+    log_l = tl.log(l)
+    lse = m + log_l
+    tl.store(lse_ptr + rows64, lse, mask=row_mask)
+    tl.store(lp_ptr + rows64, tgt - lse, mask=row_mask)
+    if COMPUTE_ENT:
+        tl.store(ent_ptr + rows64, log_l - t / l, mask=row_mask)
+    if HAS_TEACHER:
+        tl.store(lpt_ptr + rows64, tgt_t - (m_t + tl.log(l_t)), mask=row_mask)
+
+
 # ----------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------
@@ -158,42 +192,14 @@ def _linear_logprob_fwd_kernel(
                 xt = _load_tile(ht_ptr, rows64, row_mask, stride_htn, hcols, hmask, UPCAST)
                 acc_t = tl.dot(xt, wt, acc_t, input_precision=DOT_PREC)
 
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + cols64, mask=col_mask, other=0.0).to(tl.float32)
-            acc = acc + bias[None, :]
-            acc_t = acc_t + bias[None, :]
+        m, l, t, tgt = _online_softmax(acc, b_ptr, cols64, col_mask, y, inv_tau, m, l, t, tgt, HAS_BIAS,
+                                       COMPUTE_ENT)
+        if HAS_TEACHER:  # the same W tiles
+            m_t, l_t, _, tgt_t = _online_softmax(acc_t, b_ptr, cols64, col_mask, y, inv_tau, m_t, l_t, l_t, tgt_t,
+                                                 HAS_BIAS, False)
 
-        is_tgt = cols64[None, :] == y[:, None]
-
-        # ---- student
-        s = tl.where(col_mask[None, :], acc * inv_tau, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        alpha = tl.exp(m - m_new)
-        d = s - m_new[:, None]
-        e = tl.exp(d)  # 0 on masked columns
-        if COMPUTE_ENT:
-            ed = e * tl.where(col_mask[None, :], d, 0.0)  # no 0 * -inf on masked columns
-            t = alpha * (t + (m - m_new) * l) + tl.sum(ed, axis=1)
-        l = l * alpha + tl.sum(e, axis=1)
-        m = m_new
-        tgt += tl.sum(tl.where(is_tgt, s, 0.0), axis=1)
-
-        # ---- teacher (same W tiles)
-        if HAS_TEACHER:
-            st = tl.where(col_mask[None, :], acc_t * inv_tau, float("-inf"))
-            mt_new = tl.maximum(m_t, tl.max(st, axis=1))
-            l_t = l_t * tl.exp(m_t - mt_new) + tl.sum(tl.exp(st - mt_new[:, None]), axis=1)
-            m_t = mt_new
-            tgt_t += tl.sum(tl.where(is_tgt, st, 0.0), axis=1)
-
-    log_l = tl.log(l)
-    lse = m + log_l
-    tl.store(lse_ptr + rows64, lse, mask=row_mask)
-    tl.store(lp_ptr + rows64, tgt - lse, mask=row_mask)
-    if COMPUTE_ENT:
-        tl.store(ent_ptr + rows64, log_l - t / l, mask=row_mask)
-    if HAS_TEACHER:
-        tl.store(lpt_ptr + rows64, tgt_t - (m_t + tl.log(l_t)), mask=row_mask)
+    _store_stats(lp_ptr, lse_ptr, ent_ptr, lpt_ptr, rows64, row_mask, m, l, t, tgt, m_t, l_t, tgt_t, HAS_TEACHER,
+                 COMPUTE_ENT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +220,14 @@ def _load_row_stats(y_ptr, lse_ptr, glp_ptr, gent_ptr, ent_ptr, rows64, row_mask
         ent = tl.zeros_like(g_lp)
     active = tl.max(tl.abs(g_lp) + tl.abs(g_ent), axis=0) != 0.0
     return y, lse, g_lp, g_ent, ent, active
+
+
+@triton.jit
+def _accumulate(out_ptr, rows64, row_mask, stride, hcols, H, a, b, DOT_PREC: tl.constexpr):
+    """out[rows, hcols] += a @ b: a float32 read-modify-write of rows only this program owns."""
+    ptrs = out_ptr + rows64[:, None] * stride + hcols[None, :]
+    mask = row_mask[:, None] & (hcols < H)[None, :]
+    tl.store(ptrs, tl.dot(a, b, tl.load(ptrs, mask=mask, other=0.0), input_precision=DOT_PREC), mask=mask)
 
 
 @triton.jit
@@ -248,11 +262,7 @@ def _linear_logprob_bwd_dh_kernel(
                 hcols = h0 + offs_h
                 hmask = hcols < H
                 w = _load_tile(w_ptr, cols64, col_mask, stride_wv, hcols, hmask, UPCAST)
-                dptrs = dh_ptr + rows64[:, None] * stride_dhn + hcols[None, :]
-                dmask = row_mask[:, None] & hmask[None, :]
-                cur = tl.load(dptrs, mask=dmask, other=0.0)
-                cur = tl.dot(dz.to(w.dtype), w, cur, input_precision=DOT_PREC)
-                tl.store(dptrs, cur, mask=dmask)
+                _accumulate(dh_ptr, rows64, row_mask, stride_dhn, hcols, H, dz.to(w.dtype), w, DOT_PREC)
             # the next vocab tile re-reads what this CTA just stored (possibly from other threads)
             tl.debug_barrier()
 
@@ -292,11 +302,7 @@ def _linear_logprob_bwd_dw_kernel(
                 hcols = h0 + offs_h
                 hmask = hcols < H
                 x = _load_tile(h_ptr, rows64, row_mask, stride_hn, hcols, hmask, UPCAST)
-                dptrs = dw_ptr + cols64[:, None] * stride_dwv + hcols[None, :]
-                dmask = col_mask[:, None] & hmask[None, :]
-                cur = tl.load(dptrs, mask=dmask, other=0.0)
-                cur = tl.dot(tl.trans(dz.to(x.dtype)), x, cur, input_precision=DOT_PREC)
-                tl.store(dptrs, cur, mask=dmask)
+                _accumulate(dw_ptr, cols64, col_mask, stride_dwv, hcols, H, tl.trans(dz.to(x.dtype)), x, DOT_PREC)
             tl.debug_barrier()
     if HAS_BIAS:
         tl.store(db_ptr + cols64, db, mask=col_mask)

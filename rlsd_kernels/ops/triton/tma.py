@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import interpreted
-from .logprobs import _dot_prec, _dz_tile, _load_row_stats, _prep
+from .logprobs import _accumulate, _dot_prec, _dz_tile, _load_row_stats, _online_softmax, _prep, _store_stats
 
 BLOCKS = (128, 128, 32)  # BLOCK_N, BLOCK_V, BLOCK_H; 0 spills on sm_90 (tests/test_codegen_sm90.py)
 BLOCK_G = {"dh": 128, "dw": 64}  # the gradient GEMMs' output width (dW at 128 spills 20 B)
@@ -89,38 +89,14 @@ def _fwd_kernel(
             acc = tl.dot(_tile(h_desc, r0, h0, UPCAST), wt, acc, input_precision=DOT_PREC)
             if HAS_TEACHER:
                 acc_t = tl.dot(_tile(ht_desc, r0, h0, UPCAST), wt, acc_t, input_precision=DOT_PREC)
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + cols64, mask=col_mask, other=0.0).to(tl.float32)
-            acc = acc + bias[None, :]
-            acc_t = acc_t + bias[None, :]
-        is_tgt = cols64[None, :] == y[:, None]
-
-        s = tl.where(col_mask[None, :], acc * inv_tau, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        alpha = tl.exp(m - m_new)
-        d = s - m_new[:, None]
-        e = tl.exp(d)
-        if COMPUTE_ENT:
-            t = alpha * (t + (m - m_new) * l) + tl.sum(e * tl.where(col_mask[None, :], d, 0.0), axis=1)
-        l = l * alpha + tl.sum(e, axis=1)
-        m = m_new
-        tgt += tl.sum(tl.where(is_tgt, s, 0.0), axis=1)
-
+        m, l, t, tgt = _online_softmax(acc, b_ptr, cols64, col_mask, y, inv_tau, m, l, t, tgt, HAS_BIAS,
+                                       COMPUTE_ENT)
         if HAS_TEACHER:
-            st = tl.where(col_mask[None, :], acc_t * inv_tau, float("-inf"))
-            mt_new = tl.maximum(m_t, tl.max(st, axis=1))
-            l_t = l_t * tl.exp(m_t - mt_new) + tl.sum(tl.exp(st - mt_new[:, None]), axis=1)
-            m_t = mt_new
-            tgt_t += tl.sum(tl.where(is_tgt, st, 0.0), axis=1)
+            m_t, l_t, _, tgt_t = _online_softmax(acc_t, b_ptr, cols64, col_mask, y, inv_tau, m_t, l_t, l_t, tgt_t,
+                                                 HAS_BIAS, False)
 
-    log_l = tl.log(l)
-    lse = m + log_l
-    tl.store(lse_ptr + rows64, lse, mask=row_mask)
-    tl.store(lp_ptr + rows64, tgt - lse, mask=row_mask)
-    if COMPUTE_ENT:
-        tl.store(ent_ptr + rows64, log_l - t / l, mask=row_mask)
-    if HAS_TEACHER:
-        tl.store(lpt_ptr + rows64, tgt_t - (m_t + tl.log(l_t)), mask=row_mask)
+    _store_stats(lp_ptr, lse_ptr, ent_ptr, lpt_ptr, rows64, row_mask, m, l, t, tgt, m_t, l_t, tgt_t, HAS_TEACHER,
+                 COMPUTE_ENT)
 
 
 @triton.jit
@@ -151,12 +127,7 @@ def _bwd_dh_kernel(
                           HAS_BIAS, HAS_ENT)
             for h0 in range(0, H, BLOCK_G):
                 w = _tile(wg_desc, v0, h0, UPCAST)
-                hcols = h0 + offs_h
-                dptrs = dh_ptr + rows64[:, None] * stride_dhn + hcols[None, :]
-                dmask = row_mask[:, None] & (hcols < H)[None, :]
-                cur = tl.load(dptrs, mask=dmask, other=0.0)
-                cur = tl.dot(dz.to(w.dtype), w, cur, input_precision=DOT_PREC)
-                tl.store(dptrs, cur, mask=dmask)
+                _accumulate(dh_ptr, rows64, row_mask, stride_dhn, h0 + offs_h, H, dz.to(w.dtype), w, DOT_PREC)
             tl.debug_barrier()  # the next vocab tile re-reads what this CTA just stored
 
 
@@ -189,12 +160,8 @@ def _bwd_dw_kernel(
                 db += tl.sum(dz, axis=0)
             for h0 in range(0, H, BLOCK_G):
                 x = _tile(hg_desc, r0, h0, UPCAST)
-                hcols = h0 + offs_h
-                dptrs = dw_ptr + cols64[:, None] * stride_dwv + hcols[None, :]
-                dmask = col_mask[:, None] & (hcols < H)[None, :]
-                cur = tl.load(dptrs, mask=dmask, other=0.0)
-                cur = tl.dot(tl.trans(dz.to(x.dtype)), x, cur, input_precision=DOT_PREC)
-                tl.store(dptrs, cur, mask=dmask)
+                _accumulate(dw_ptr, cols64, col_mask, stride_dwv, h0 + offs_h, H, tl.trans(dz.to(x.dtype)), x,
+                            DOT_PREC)
             tl.debug_barrier()
     if HAS_BIAS:
         tl.store(db_ptr + cols64, db, mask=col_mask)
