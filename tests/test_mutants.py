@@ -118,3 +118,55 @@ def test_vocabulary_blocks_with_targets_on_their_edges(low_precision_on_cpu):  #
     assert max_rel_err(lp, lp64) < 1e-2 and max_rel_err(ent, ent64) < 1e-2
     for a, b in zip(g, g64):
         assert max_rel_err(a, b) < 3e-2
+
+
+# The policy-loss variants' edges (docs/mutation.md, "The variants' run").
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("level", ["sequence", "sequence-token"])
+def test_sequence_ratio_with_one_valid_token_and_log_ratios_beyond_the_clamp(impl, level):
+    """GSPO's per-sequence mean of lp - lp_old: a sequence with exactly one valid token (its mean is
+    that token's), and per-token log-ratios past +-20 on both sides, clamped before the mean."""
+    case = _unlikely_targets(acting_case(dtype=torch.float64))
+    case.mask[2] = 0.0
+    case.mask[2, 4] = 1.0
+    lp = _lp(case)
+    side = torch.where(torch.arange(case.mask.shape[1]) % 2 == 0, 1.0, -1.0).double()
+    case.extra["old_logprobs"] = lp - side * _spread(case, 15.0, 30.0)
+    case.extra["old_logprobs"][2, 4] = lp[2, 4] - 0.1  # the one-token sequence inside the clip
+    assert_close_to_truth(case, impl, torch.float64, is_level=level, lam=0.5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vespo_log_ratios_and_rollout_weights_beyond_their_clamps(impl):
+    """VESPO's log-weight: one token per sequence with lp - lp_old past +-20 (clamped before the
+    sum) while the others keep the sum inside [log 1e-8, 20], so phi is far from 0 and 1; and
+    rollout weights below 1e-8 and above e^20 (their logs clamped to [log 1e-8, 20])."""
+    case = _unlikely_targets(acting_case(dtype=torch.float64))
+    lp = _lp(case)
+    B, T = case.mask.shape
+    case.mask.fill_(1.0)
+    delta = torch.full((B, T), 0.1, dtype=torch.float64)
+    delta[:, 0] = torch.tensor([25.0, -25.0, 22.0, -22.0], dtype=torch.float64)[:B]
+    delta[:, 1] = -torch.sign(delta[:, 0]) * 19.0  # the clamped sum stays near 0
+    case.extra["old_logprobs"] = lp - delta
+    opts = dict(policy_loss="vespo", vespo_k_pos=1.5, vespo_lambda_pos=1.0, vespo_k_neg=1.0, vespo_lambda_neg=0.5)
+    assert_close_to_truth(case, impl, torch.float64, **opts)
+    weights = torch.ones(B, T, dtype=torch.float64)
+    weights[:, 2] = torch.tensor([1e-12, 1e12, 1e-10, 1e10], dtype=torch.float64)[:B]
+    weights[:, 3] = 1.0 / weights[:, 2]
+    case.extra["rollout_is_weights"] = weights
+    assert_close_to_truth(case, impl, torch.float64, **opts)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vespo_far_off_policy_sequences(impl):
+    """Every sequence's summed log-ratio below log 1e-8: phi from the clamped log-weight, tiny but
+    compared relatively in float64."""
+    case = acting_case(dtype=torch.float64)
+    case.mask.fill_(1.0)
+    lp = _lp(case)
+    case.extra["old_logprobs"] = torch.zeros_like(lp)  # lp - lp_old = lp: a few nats below 0 per token
+    assert (torch.where(case.mask != 0, lp, 0.0).sum(-1) < -18.5).all()
+    assert_close_to_truth(case, impl, torch.float64, policy_loss="vespo", vespo_k_pos=0.5, vespo_lambda_pos=1.0,
+                          vespo_k_neg=0.5, vespo_lambda_neg=1.0)

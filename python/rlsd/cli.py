@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("demo", help="the embedded demo: RLSD against GRPO where the study separates them "
-                                    "(the shipped middle warm start, 8 seeds x 40 steps, ~6 min on 2 cores)")
+                                    "(the shipped middle warm start, 8 seeds x 40 steps, ~8 min on 2 cores)")
     d.add_argument("--quick", action="store_true", help="fewer seeds and steps (3 x 20)")
     d.add_argument("--out", default="rlsd-demo")
     d.add_argument("--cache", default=os.environ.get("RLSD_CACHE", os.path.expanduser("~/.cache/rlsd")))
